@@ -1,0 +1,35 @@
+"""The independent reference: transformers' own CLIPProcessor + CLIPModel, float32.
+
+No tis-ray code is used here: images are opened with plain Pillow, preprocessed by
+the checkpoint's processor, and embedded by `get_image_features` / `get_text_features`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
+
+
+@lru_cache(maxsize=4)
+def _load(model_dir: str):
+    return CLIPModel.from_pretrained(model_dir, dtype=torch.float32).eval(), CLIPProcessor.from_pretrained(model_dir)
+
+
+@torch.inference_mode()
+def reference_cosines(model_dir: str, images: list[Path | Image.Image], captions: list[str]) -> list[float]:
+    model, processor = _load(model_dir)
+    pil = [Image.open(i).convert("RGB") if isinstance(i, (str, Path)) else i.convert("RGB") for i in images]
+    inputs = processor(text=captions, images=pil, return_tensors="pt", padding=True, truncation=True)
+    image = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+    text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output
+    image = torch.nn.functional.normalize(image, dim=-1)
+    text = torch.nn.functional.normalize(text, dim=-1)
+    return (image * text).sum(-1).tolist()
+
+
+def reference_similarities(model_dir: str, images, captions) -> list[float]:
+    return [round((c + 1) / 2, 4) for c in reference_cosines(model_dir, images, captions)]

@@ -1,0 +1,150 @@
+"""The batch pipeline end to end on a real local Ray, real HTTP on 127.0.0.1 and real photos."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from reference import reference_similarities
+from tis_ray import Record, score_dataset, score_file, score_pairs
+from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
+from tis_ray.errors import error_kind
+
+FAST_FETCH = FetchConfig(timeout_s=2.0, retries=1, backoff_s=0.05, max_bytes=1_000_000)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model) -> ModelConfig:
+    return ModelConfig(model=tiny_model, device="cpu", dtype="float32")
+
+
+def _mixed_rows(server, photos_dir_name="images"):
+    """(image, caption, expected error kind or None, local photo for the reference)."""
+    return [
+        (server.url("photo/chelsea.jpg"), "a cat", None, "chelsea"),
+        (f"{photos_dir_name}/coffee.jpg", "a cup of coffee", None, "coffee"),
+        (server.url("status/404"), "gone", "http_404", None),
+        (server.url("flaky/mixed/rocket.jpg"), "a rocket", None, "rocket"),
+        (server.url("slow/5"), "too slow", "timeout", None),
+        (server.url("big/2000000"), "too big", "too_large", None),
+        (server.url("html"), "a web page", "decode_error", None),
+        (server.url("truncated/astronaut.jpg"), "half a photo", "decode_error", None),
+        (server.url("photo/astronaut.jpg"), "", "empty_caption", None),
+        ("images/missing.jpg", "nothing here", "file_not_found", None),
+        ("ftp://example.invalid/x.jpg", "wrong scheme", "unsupported_scheme", None),
+        ("http://", "no host", "invalid_url", None),
+        (server.url("redirect/2/retina.jpg"), "an eye, after two redirects", None, "retina"),
+        (server.url("photo/chelsea.jpg"), 'quotes "and", commas\nand a newline', None, "chelsea"),
+    ]
+
+
+@pytest.fixture()
+def mixed_input(tmp_path, image_server, photos):
+    shutil.copytree(next(iter(photos.values())).parent, tmp_path / "images")
+    rows = _mixed_rows(image_server)
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="", encoding="utf-8-sig") as f:  # with a BOM, as Excel writes it
+        writer = csv.writer(f)
+        writer.writerow(["id", "url", "text", "note"])
+        for i, (image, caption, _, _) in enumerate(rows):
+            writer.writerow([f"{i:03d}", image, caption, f"note {i}"])
+    return path, rows
+
+
+def _check_against_reference(table: pa.Table, rows, model_dir, photos, caption_column="text"):
+    assert table.num_rows == len(rows)
+    errors = table.column("error").to_pylist()
+    sims = table.column("similarity").to_pylist()
+    good = []
+    for i, (_, caption, kind, photo) in enumerate(rows):
+        assert error_kind(errors[i]) == kind, (i, errors[i])
+        if kind is None:
+            assert sims[i] is not None
+            good.append((i, photo, caption))
+        else:
+            assert sims[i] is None
+    want = reference_similarities(model_dir, [photos[p] for _, p, _ in good], [c for _, _, c in good])
+    for (i, _, _), expected in zip(good, want):
+        assert abs(sims[i] - expected) <= 1e-4, (i, sims[i], expected)
+
+
+def test_score_file_csv_every_row_once_in_order(local_ray, mixed_input, model, tiny_model, photos, tmp_path):
+    path, rows = mixed_input
+    out = tmp_path / "scored.csv"
+    summary = score_file(str(path), str(out), model=model, fetch=FAST_FETCH,
+                         pipeline=PipelineConfig(batch_size=4, fetch_batch_size=3), progress=False)
+    table = pacsv.read_csv(out, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                           convert_options=pacsv.ConvertOptions(column_types={"id": pa.string(), "text": pa.string()}))
+    assert table.column_names == ["id", "url", "text", "note", "similarity", "error"]
+    assert table.column("id").to_pylist() == [f"{i:03d}" for i in range(len(rows))]
+    assert table.column("text").to_pylist() == [r[1] for r in rows]  # captions survive the round trip
+    assert table.column("note").to_pylist() == [f"note {i}" for i in range(len(rows))]
+    _check_against_reference(table, rows, tiny_model, photos)
+    assert summary.rows == len(rows)
+    assert summary.scored == sum(1 for r in rows if r[2] is None)
+    assert summary.scored + sum(summary.errors.values()) == summary.rows
+    assert summary.runtimes == {"cpu/float32"}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_score_file_parquet_in_and_out_keeps_types(local_ray, tmp_path, image_server, model, tiny_model, photos):
+    rows = [(image_server.url(f"photo/{n}.jpg"), f"photo {n}", None, n) for n in ("coffee", "rocket", "retina")]
+    rows.append((image_server.url("status/503"), "unavailable", "http_503", None))
+    source = pa.table({
+        "image_url": [r[0] for r in rows],
+        "caption": [r[1] for r in rows],
+        "score_before": pa.array([0.5, 1.5, None, 2.5], pa.float32()),
+        "tags": pa.array([["a"], [], ["b", "c"], None], pa.list_(pa.string())),
+    })
+    pq.write_table(source, tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    score_file(str(tmp_path / "in.parquet"), str(out), model=model, fetch=FAST_FETCH,
+               pipeline=PipelineConfig(with_cosine=True), progress=False)
+    table = pq.read_table(out)
+    assert table.column_names == ["image_url", "caption", "score_before", "tags", "similarity", "cosine", "error"]
+    assert table.select(["score_before", "tags"]).equals(source.select(["score_before", "tags"]))
+    cos, sim = table.column("cosine").to_pylist(), table.column("similarity").to_pylist()
+    for c, s in zip(cos[:3], sim[:3]):
+        assert s == round((c + 1) / 2, 4)
+    _check_against_reference(table, rows, tiny_model, photos, caption_column="caption")
+
+
+def test_header_only_csv_gives_header_only_output(local_ray, tmp_path, model):
+    (tmp_path / "empty.csv").write_text("image_url,caption\n")
+    out = tmp_path / "empty-out.csv"
+    summary = score_file(str(tmp_path / "empty.csv"), str(out), model=model, progress=False)
+    assert summary.rows == 0
+    assert out.read_text().splitlines() == ['"image_url","caption","similarity","error"']
+
+
+def test_score_pairs_yields_one_result_per_record_in_order(local_ray, image_server, tiny_model, photos):
+    records = [
+        Record(image_server.url("photo/astronaut.jpg"), "an astronaut"),
+        Record(image_server.url("status/410"), "gone"),
+        (str(photos["coffee"]), "coffee"),
+        Record(str(photos["astronaut"]), "an astronaut"),
+    ]
+    results = list(score_pairs(records, model=tiny_model, device="cpu", dtype="float32", fetch=FAST_FETCH))
+    assert [r.image for r in results] == [r.image if isinstance(r, Record) else r[0] for r in records]
+    assert [r.ok for r in results] == [True, False, True, True]
+    assert error_kind(results[1].error) == "http_410" and results[1].similarity is None
+    want = reference_similarities(tiny_model, [photos["astronaut"], photos["coffee"]], ["an astronaut", "coffee"])
+    assert abs(results[0].similarity - want[0]) <= 1e-4
+    assert abs(results[2].similarity - want[1]) <= 1e-4
+    assert results[0].similarity == results[3].similarity  # same image by URL and by path
+    assert results[0].similarity == round((results[0].cosine + 1) / 2, 4)
+
+
+def test_score_dataset_composes_with_user_pipelines(local_ray, image_server, model):
+    ds = local_ray.data.from_items(
+        [{"img": image_server.url(f"photo/{n}.jpg"), "cap": n, "n": i} for i, n in enumerate(["chelsea", "coffee"] * 5)]
+    )
+    scored = score_dataset(ds, image_column="img", caption_column="cap", model=model, fetch=FAST_FETCH)
+    rows = scored.filter(lambda r: r["error"] is None).take_all()
+    assert [r["n"] for r in rows] == list(range(10))
+    assert set(rows[0]) == {"img", "cap", "n", "similarity", "error"}

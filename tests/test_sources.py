@@ -1,0 +1,132 @@
+"""classify_image_ref: pure string logic deciding where a row's image comes from."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tis_ray import errors
+from tis_ray.errors import RowError
+from tis_ray.sources import ImageSource, base_dir_of, classify_image_ref
+
+BASE = os.path.abspath(os.sep + os.path.join("data", "inputs"))
+
+
+def kind_of(value: object, base_dir: str = BASE) -> str:
+    with pytest.raises(RowError) as info:
+        classify_image_ref(value, base_dir)
+    return info.value.kind
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/cat.jpg",
+        "https://example.com/cat.jpg",
+        "https://example.com:8443/a/b/cat.jpg?size=large&x=1#frag",
+        "http://example.com/caf%C3%A9%20au%20lait.jpg",  # percent-encoded path
+        "https://example.com/café/ü ber.jpg",  # non-ASCII path, raw space
+        "https://bücher.example/x.jpg",  # IDN host
+        "http://127.0.0.1:8080/x.jpg",
+        "http://[::1]:8080/x.jpg",
+        "HTTPS://Example.COM/x.jpg",  # scheme is case-insensitive
+    ],
+)
+def test_http_urls_are_kept_verbatim(url):
+    assert classify_image_ref(url, BASE) == ImageSource("http", url)
+
+
+def test_http_url_surrounding_whitespace_is_stripped():
+    assert classify_image_ref("  https://example.com/x.jpg\n", BASE) == ImageSource("http", "https://example.com/x.jpg")
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("file:///tmp/cat.jpg", "/tmp/cat.jpg"),
+        ("file:///tmp/my%20photos/cat%20one.jpg", "/tmp/my photos/cat one.jpg"),
+        ("file:///tmp/caf%C3%A9.jpg", "/tmp/café.jpg"),
+        ("file://localhost/tmp/cat.jpg", "/tmp/cat.jpg"),
+        ("FILE:///tmp/a/../cat.jpg", "/tmp/cat.jpg"),
+    ],
+)
+def test_file_urls_become_paths(url, path):
+    assert classify_image_ref(url, BASE) == ImageSource("file", os.path.normpath(path))
+
+
+def test_relative_paths_resolve_against_base_dir():
+    assert classify_image_ref("images/cat.jpg", BASE) == ImageSource("file", os.path.join(BASE, "images", "cat.jpg"))
+    assert classify_image_ref("./cat.jpg", BASE) == ImageSource("file", os.path.join(BASE, "cat.jpg"))
+    assert classify_image_ref("../cat.jpg", BASE) == ImageSource("file", os.path.join(os.path.dirname(BASE), "cat.jpg"))
+    assert classify_image_ref("my photos/cat one.jpg", BASE).location == os.path.join(BASE, "my photos", "cat one.jpg")
+
+
+def test_absolute_paths_ignore_base_dir():
+    assert classify_image_ref("/srv/img/cat.jpg", BASE) == ImageSource("file", "/srv/img/cat.jpg")
+    assert classify_image_ref("/srv/img//x/../cat.jpg", BASE) == ImageSource("file", "/srv/img/cat.jpg")
+
+
+def test_windows_drive_path_is_a_path_not_a_scheme():
+    source = classify_image_ref("C:\\x.jpg", BASE)
+    assert source.kind == "file"
+    assert source.location.endswith("C:\\x.jpg")
+    assert classify_image_ref("d:/photos/x.jpg", BASE).kind == "file"
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "\t\n ", float("nan")])
+def test_missing_values(value):
+    assert kind_of(value) == errors.MISSING_IMAGE
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ftp://example.com/x.jpg", "s3://bucket/key.jpg", "data:image/png;base64,iVBORw0KGgo=", "gs://b/k", "mailto:a@b"],
+)
+def test_unsupported_schemes(value):
+    assert kind_of(value) == errors.UNSUPPORTED_SCHEME
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://",
+        "https://",
+        "http://[::1]:99999/",
+        "http://example.com:0/x.jpg",
+        "http://example.com:abc/x.jpg",
+        "http://exa mple.com/",
+        "http://:80/x.jpg",
+        "file://remotehost/x",
+        "file://",
+        "images/a\x00b.jpg",
+    ],
+)
+def test_invalid_urls(value):
+    assert kind_of(value) == errors.INVALID_URL
+
+
+@pytest.mark.parametrize("value", [42, 3.5, b"http://example.com/x.jpg", ["x.jpg"]])
+def test_non_string_values_are_invalid(value):
+    assert kind_of(value) == errors.INVALID_URL
+
+
+def test_row_error_text_carries_kind():
+    with pytest.raises(RowError) as info:
+        classify_image_ref("ftp://example.com/x.jpg", BASE)
+    assert str(info.value).startswith("unsupported_scheme: ")
+    assert "ftp" in info.value.detail
+
+
+def test_base_dir_of(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert base_dir_of(None) == os.getcwd()
+    assert base_dir_of("") == os.getcwd()
+    assert base_dir_of("pairs.csv") == str(tmp_path)
+    assert base_dir_of("sub/pairs.csv") == str(tmp_path / "sub")
+    assert base_dir_of("/srv/data/pairs.parquet") == "/srv/data"
+
+
+def test_relative_path_through_base_dir_of(tmp_path):
+    base = base_dir_of(str(tmp_path / "pairs.csv"))
+    assert classify_image_ref("img/x.jpg", base) == ImageSource("file", str(tmp_path / "img" / "x.jpg"))

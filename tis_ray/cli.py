@@ -1,0 +1,82 @@
+"""The `tis-ray` command: parse arguments, call the API, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
+from .loading import ModelLoadError
+from .records import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (InputError, ModelLoadError) as exc:
+        print(f"tis-ray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntis-ray: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tis-ray", description="Score how well captions describe images with CLIP, on Ray.")
+    parser.add_argument("--version", action="version", version=f"tis-ray {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    score = commands.add_parser("score", help="score every row of a CSV or Parquet file")
+    score.add_argument("input", help="CSV or Parquet file with an image column and a caption column")
+    score.add_argument("-o", "--output", required=True, help="where to write results (.csv or .parquet)")
+    score.add_argument("--image-column", help="image column (default: first of image_url, url, image, image_path)")
+    score.add_argument("--caption-column", help="caption column (default: first of caption, text)")
+    _add_model_arguments(score)
+    score.add_argument("--batch-size", type=_positive_int, default=PipelineConfig.batch_size, help="pairs per model call")
+    score.add_argument("--fetch-concurrency", type=_positive_int, default=FetchConfig.max_in_flight,
+                       help="requests in flight per fetch actor")
+    score.add_argument("--timeout", type=float, default=FetchConfig.timeout_s, help="seconds per image, retries included")
+    score.add_argument("--retries", type=int, default=FetchConfig.retries, help="retries after connection errors, 429 and 5xx")
+    score.add_argument("--fetch-actors", type=_positive_int, help="fetch actors (default: from the cluster's CPUs)")
+    score.add_argument("--scorer-actors", type=_positive_int, help="scorer actors (default: one per GPU, else one)")
+    score.add_argument("--with-cosine", action="store_true", help="also write the raw cosine similarity")
+    score.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    score.set_defaults(run=run_score)
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face CLIP id or local checkpoint folder")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16, else float32")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from .api import score_file  # imports Ray; keep `--help` fast
+
+    summary = score_file(
+        args.input,
+        args.output,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
+        fetch=FetchConfig(max_in_flight=args.fetch_concurrency, timeout_s=args.timeout, retries=args.retries),
+        pipeline=PipelineConfig(batch_size=args.batch_size, fetch_actors=args.fetch_actors,
+                                scorer_actors=args.scorer_actors, with_cosine=args.with_cosine),
+        address=args.address,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"wrote {args.output}")
+    print(summary.format())
+    return 0
+

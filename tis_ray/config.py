@@ -1,0 +1,48 @@
+"""Typed settings for each stage; the CLI, the Python API and Serve all build these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How images are fetched and decoded."""
+
+    max_in_flight: int = 64  # concurrent requests per fetch actor
+    per_host_limit: int = 16  # concurrent connections to one host, per actor
+    timeout_s: float = 10.0  # total time for one image, retries included
+    retries: int = 2  # extra attempts after a connection error, a 429 or a 5xx
+    backoff_s: float = 0.25  # first retry delay; doubles each attempt
+    retry_after_cap_s: float = 5.0  # longest Retry-After we honour
+    max_bytes: int = 20 * 1024 * 1024  # byte cap per image, checked while streaming
+    max_redirects: int = 5
+    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
+    user_agent: str = "tis-ray"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which CLIP checkpoint runs, where and at what precision."""
+
+    model: str = DEFAULT_MODEL
+    device: Device = "auto"
+    dtype: DType = "auto"
+    cpu_threads: int | None = None  # torch threads per CPU scorer actor; None = the node's cores
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the Ray Data job is shaped."""
+
+    batch_size: int = 64  # rows per scorer call
+    fetch_batch_size: int = 32  # rows per fetch call
+    fetch_actors: int | None = None  # None = sized from the cluster
+    scorer_actors: int | None = None  # None = one per GPU, or one on a CPU-only cluster
+    with_cosine: bool = False

@@ -1,0 +1,95 @@
+"""Bytes to an RGB Pillow image, safely: real image formats only, bombs refused.
+
+Runs in a worker thread, off the event loop. Pillow releases the GIL while it
+decodes, so a few threads keep a core busy.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import errors
+from .errors import RowError
+
+# Formats a caption dataset really holds. Anything else (EPS, PDF, PSD, ICNS, ...)
+# is refused before Pillow runs its parser on it.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG also opens MPO
+
+# `decode_image` enforces its own pixel limit with a row error, so Pillow's warning
+# for the same condition is only noise (and catch_warnings is not thread-safe).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+# What Pillow raises for a corrupt or cut-short file, in the header as well as the data.
+CORRUPT_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error)
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode the first frame, apply EXIF orientation and return it as RGB."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise RowError(errors.DECODE_ERROR, f"not a supported image ({_sniff(data)})") from None
+    except Image.DecompressionBombError as exc:
+        raise RowError(errors.DECOMPRESSION_BOMB, str(exc)) from None
+    except CORRUPT_IMAGE_ERRORS as exc:
+        # Image.open turns only some header errors into UnidentifiedImageError: a header
+        # cut short ("Truncated File Read") or one a plugin rejects raises the others.
+        raise RowError(errors.DECODE_ERROR, f"corrupt image header: {exc}") from None
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise RowError(
+            errors.DECOMPRESSION_BOMB, f"{image.width}x{image.height} is over the limit of {max_pixels} pixels"
+        )
+    if image.width < 1 or image.height < 1:
+        raise RowError(errors.DECODE_ERROR, "the image has no pixels")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except CORRUPT_IMAGE_ERRORS as exc:
+        raise RowError(errors.DECODE_ERROR, f"corrupt or truncated {image.format} image: {exc}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited onto white.
+
+    White matches transformers' own ``convert_to_rgb``; 16- and 32-bit integer
+    images are scaled down, not clipped (Pillow's ``convert`` would clip them).
+    """
+    if image.mode == "RGB" and "transparency" not in image.info:  # an RGB PNG may have a tRNS colour key
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _scale_to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    array = np.asarray(image)
+    if image.mode == "F":
+        scaled = np.clip(array, 0, 255)
+    else:
+        top = 65535 if array.max(initial=0) <= 65535 else float(array.max())
+        scaled = np.clip(array.astype(np.float64) * (255.0 / top), 0, 255).round()
+    return Image.fromarray(scaled.astype(np.uint8), "L")
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "HTML"
+    if head.startswith(b"%!ps"):
+        return "PostScript"
+    if head.startswith(b"%pdf"):
+        return "PDF"
+    if not data:
+        return "empty body"
+    return f"{len(data)} bytes of unknown type"

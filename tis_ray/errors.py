@@ -1,0 +1,54 @@
+"""Row-level failures: every row that cannot be scored carries one of these kinds.
+
+A row error is data, not an exception that escapes: stages catch `RowError` and
+write ``"<kind>: <detail>"`` into the row's ``error`` column.
+"""
+
+from __future__ import annotations
+
+# The documented error kinds. ``http_<status>`` is also produced for any HTTP
+# status that is not a success (``http_404``, ``http_503``, ...).
+INVALID_URL = "invalid_url"
+UNSUPPORTED_SCHEME = "unsupported_scheme"
+FILE_NOT_FOUND = "file_not_found"
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection_error"
+TOO_MANY_REDIRECTS = "too_many_redirects"
+TOO_LARGE = "too_large"
+DECODE_ERROR = "decode_error"
+UNSUPPORTED_FORMAT = "unsupported_format"
+DECOMPRESSION_BOMB = "decompression_bomb"
+EMPTY_CAPTION = "empty_caption"
+MISSING_IMAGE = "missing_image"
+BLOCKED_ADDRESS = "blocked_address"
+INTERNAL_ERROR = "internal_error"  # a bug in tis-ray or a library; the row is kept and reported
+
+# Kinds worth trying again later: the input may be fine, the network was not.
+RETRYABLE_KINDS = frozenset({TIMEOUT, CONNECTION_ERROR})
+
+
+def http_kind(status: int) -> str:
+    return f"http_{status}"
+
+
+def is_retryable(kind: str) -> bool:
+    return kind in RETRYABLE_KINDS or kind == "http_429" or kind.startswith("http_5")
+
+
+class RowError(Exception):
+    """A failure that belongs to one row; the job goes on."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+
+def error_kind(error: str | None) -> str | None:
+    """The kind part of an ``error`` column value (``"http_404: Not Found"`` -> ``"http_404"``)."""
+    if not error:
+        return None
+    return error.split(":", 1)[0]

@@ -1,0 +1,166 @@
+"""Fetching image bytes: http(s) with aiohttp, or a local file, with hard limits.
+
+Each image gets one deadline covering connection, redirects, retries and the
+body; the body is read as a stream and abandoned at the byte cap. Redirects are
+followed here, hop by hop, so that a caller-supplied `url_check` sees every URL
+before a connection to it is opened (the Serve deployment uses that to refuse
+internal addresses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timezone
+
+import aiohttp
+import yarl
+
+from . import errors
+from .config import FetchConfig
+from .errors import RowError
+from .sources import HTTP_SCHEMES, ImageSource
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CHUNK_BYTES = 64 * 1024
+
+UrlCheck = Callable[[yarl.URL], Awaitable[None]]
+
+
+def open_session(cfg: FetchConfig, connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:
+    """One session per actor: its connector pools connections and caps each host."""
+    connector = connector or aiohttp.TCPConnector(limit=cfg.max_in_flight, limit_per_host=cfg.per_host_limit)
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.8"},
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_s),
+        trust_env=False,
+    )
+
+
+async def fetch_bytes(
+    session: aiohttp.ClientSession, source: ImageSource, cfg: FetchConfig, url_check: UrlCheck | None = None
+) -> bytes:
+    """The image's bytes, or `RowError`; never longer than ``cfg.timeout_s``."""
+    try:
+        async with asyncio.timeout(cfg.timeout_s):
+            if source.kind == "file":
+                return await asyncio.to_thread(read_file_bytes, source.location, cfg.max_bytes)
+            return await _fetch_http(session, yarl.URL(source.location), cfg, url_check)
+    except TimeoutError:
+        raise RowError(errors.TIMEOUT, f"no complete image within {cfg.timeout_s:g}s") from None
+
+
+def read_file_bytes(path: str, max_bytes: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise RowError(errors.FILE_NOT_FOUND, f"{path}") from None
+    except IsADirectoryError:
+        raise RowError(errors.FILE_NOT_FOUND, f"{path} is a folder") from None
+    except OSError as exc:
+        raise RowError(errors.FILE_NOT_FOUND, f"{path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise RowError(errors.TOO_LARGE, f"{path} is over {max_bytes} bytes")
+    return data
+
+
+async def _fetch_http(
+    session: aiohttp.ClientSession, url: yarl.URL, cfg: FetchConfig, url_check: UrlCheck | None
+) -> bytes:
+    attempt = 0
+    while True:
+        try:
+            return await _follow_redirects(session, url, cfg, url_check)
+        except _Retryable as retry:
+            if attempt >= cfg.retries:
+                raise retry.error from None
+            delay = retry.delay if retry.delay is not None else _backoff(cfg, attempt)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
+class _Retryable(Exception):
+    def __init__(self, error: RowError, delay: float | None = None):
+        self.error = error
+        self.delay = delay
+
+
+def _backoff(cfg: FetchConfig, attempt: int) -> float:
+    return cfg.backoff_s * (2**attempt) * random.uniform(0.8, 1.2)
+
+
+async def _follow_redirects(
+    session: aiohttp.ClientSession, url: yarl.URL, cfg: FetchConfig, url_check: UrlCheck | None
+) -> bytes:
+    for _ in range(cfg.max_redirects + 1):
+        if url_check is not None:
+            await url_check(url)
+        try:
+            async with session.get(url, allow_redirects=False) as resp:
+                if resp.status in REDIRECT_STATUSES and "Location" in resp.headers:
+                    url = _redirect_target(url, resp.headers["Location"])
+                    continue
+                if 200 <= resp.status < 300:
+                    return await _read_capped(resp, cfg.max_bytes)
+                error = RowError(errors.http_kind(resp.status), resp.reason or "HTTP error")
+                if resp.status == 429 or resp.status >= 500:
+                    raise _Retryable(error, _retry_after(resp, cfg))
+                raise error
+        except aiohttp.InvalidURL as exc:
+            raise RowError(errors.INVALID_URL, str(exc)) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise _Retryable(RowError(errors.CONNECTION_ERROR, _describe(exc))) from None
+    raise RowError(errors.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects} redirects")
+
+
+def _redirect_target(current: yarl.URL, location: str) -> yarl.URL:
+    try:
+        target = current.join(yarl.URL(location))
+    except ValueError as exc:
+        raise RowError(errors.INVALID_URL, f"bad redirect Location {location!r}: {exc}") from None
+    if target.scheme not in HTTP_SCHEMES:
+        raise RowError(errors.UNSUPPORTED_SCHEME, f"redirect to a {target.scheme or 'relative'!r} URL")
+    return target
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise RowError(errors.TOO_LARGE, f"Content-Length {resp.content_length} is over {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+        body += chunk
+        if len(body) > max_bytes:
+            raise RowError(errors.TOO_LARGE, f"body is over {max_bytes} bytes")
+    return bytes(body)
+
+
+def _retry_after(resp: aiohttp.ClientResponse, cfg: FetchConfig) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta or HTTP date), capped; None if absent."""
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # asctime and "-0000" dates carry no zone; HTTP dates are GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - time.time()
+    if math.isnan(seconds):  # "nan" parses as a float, and sleep(nan) never wakes
+        return None
+    return min(max(seconds, 0.0), cfg.retry_after_cap_s)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+

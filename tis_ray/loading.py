@@ -1,0 +1,111 @@
+"""Loading a CLIP checkpoint (hub id or local folder) and choosing device and dtype.
+
+The driver calls `load_preprocess_spec` before any Ray work, so a wrong or
+unreachable model is one clear message up front; each scorer actor then calls
+`load_model`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .preprocess import PreprocessSpec
+
+HUB_HINT = (
+    "the Hugging Face hub cannot be reached and the model is not in the local cache. "
+    "To run offline, pass --model with a local checkpoint folder "
+    "(a downloaded CLIP checkpoint, or a random-weight test model from "
+    "`python scripts/make_test_model.py DIR --arch tiny`)"
+)
+
+
+class ModelLoadError(Exception):
+    """The model asked for cannot be used; the message is meant for the user."""
+
+
+def _describe_load_failure(model: str, exc: Exception) -> ModelLoadError:
+    if os.path.isdir(model):
+        return ModelLoadError(f"cannot load CLIP model from folder {model!r}: {str(exc).splitlines()[0]}")
+    if model.startswith((".", "/", "~")):
+        return ModelLoadError(f"model folder {model!r} does not exist")
+    text = str(exc)
+    if "couldn't connect" in text.lower() or "offline" in text.lower():
+        return ModelLoadError(f"cannot load CLIP model {model!r}: {HUB_HINT}")
+    return ModelLoadError(f"cannot load CLIP model {model!r}: {text.splitlines()[0]}")
+
+
+def check_is_clip(model: str) -> None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise _describe_load_failure(model, exc) from None
+    if config.model_type != "clip":
+        raise ModelLoadError(f"{model!r} is a {config.model_type!r} model, not a CLIP checkpoint")
+
+
+def load_preprocess_spec(model: str) -> PreprocessSpec:
+    """The image preprocessing the checkpoint's own image processor would do."""
+    from transformers import AutoImageProcessor
+
+    check_is_clip(model)
+    try:
+        processor = AutoImageProcessor.from_pretrained(model, backend="pil")
+        return PreprocessSpec.from_image_processor(processor)
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise _describe_load_failure(model, exc) from None
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but no CUDA device is visible here")
+    if requested not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unknown device {requested!r} (use auto, cpu or cuda)")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    """auto: float16 on CUDA, bfloat16 on a CPU with native bf16 instructions, else float32."""
+    if requested == "auto":
+        if device == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if requested not in dtypes:
+        raise ModelLoadError(f"unknown dtype {requested!r} (use auto, float32, bfloat16 or float16)")
+    if requested == "float16" and device == "cpu":
+        raise ModelLoadError("float16 is for CUDA; on a CPU use bfloat16 or float32")
+    return dtypes[requested]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX); Linux only."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def load_model(model: str, device: str, dtype: torch.dtype):
+    """The CLIP model (eval mode, on `device`, in `dtype`) and its tokenizer."""
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per actor start is noise in a job's log
+    check_is_clip(model)
+    try:
+        clip = CLIPModel.from_pretrained(model, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise _describe_load_failure(model, exc) from None
+    return clip.to(device).eval(), tokenizer

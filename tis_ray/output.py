@@ -1,0 +1,71 @@
+"""Writing results: streamed to a hidden file beside the target, renamed when complete.
+
+A reader of OUTPUT therefore sees either nothing or the whole file, never a part.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .records import InputError
+
+
+def output_format(path: str) -> str:
+    name = path.lower()
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise InputError(f"{path}: unknown output type (use a .csv or .parquet name)")
+
+
+def check_output_path(path: str) -> None:
+    """Fail before any work if the output cannot be written where asked."""
+    output_format(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"{path}: the output folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{path}: cannot write in {folder}")
+
+
+def write_atomically(batches: Iterable[pa.Table], path: str, empty_schema: pa.Schema) -> Iterator[pa.Table]:
+    """Write each batch as it passes through; the file appears at `path` only at the end.
+
+    `empty_schema` gives the header of the file when the input had no rows.
+    """
+    fmt = output_format(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+    os.close(fd)
+    writer = None
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = _open_writer(fmt, temp, batch.schema)
+            writer.write_table(batch.cast(writer.schema) if fmt == "parquet" else batch)
+            yield batch
+        if writer is None:
+            writer = _open_writer(fmt, temp, empty_schema)
+        writer.close()
+        writer = None
+        os.replace(temp, path)
+    finally:
+        if writer is not None:
+            writer.close()
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def _open_writer(fmt: str, path: str, schema: pa.Schema):
+    if fmt == "parquet":
+        return pq.ParquetWriter(path, schema)
+    return pacsv.CSVWriter(path, schema)

@@ -1,0 +1,126 @@
+"""Records in and results out: the row types, input validation and column choice.
+
+Everything here runs before any Ray work starts, so a bad input is one clear
+message, not a failed job.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import EMPTY_CAPTION, RowError
+
+IMAGE_COLUMN_CANDIDATES = ("image_url", "url", "image", "image_path")
+CAPTION_COLUMN_CANDIDATES = ("caption", "text")
+RESULT_COLUMNS = ("similarity", "cosine", "error")
+
+
+class InputError(Exception):
+    """The input as a whole cannot be used; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One pair to score: an image (URL or path) and its caption."""
+
+    image: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The outcome for one `Record`: a similarity in [0, 1], or an error."""
+
+    image: str
+    caption: str
+    similarity: float | None
+    cosine: float | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def input_format(path: str) -> str:
+    """``"csv"`` or ``"parquet"``, from the file name."""
+    name = path.lower()
+    if name.endswith((".csv", ".csv.gz", ".tsv")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise InputError(f"{path}: unknown file type (expected .csv or .parquet)")
+
+
+def read_columns(path: str) -> list[str]:
+    """The input's column names, read from the CSV header or the Parquet schema."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, expected a .csv or .parquet file")
+    fmt = input_format(path)
+    try:
+        if fmt == "parquet":
+            return list(pq.read_schema(path).names)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read {fmt} header: {exc}") from None
+    except Exception as exc:  # pyarrow raises its own types for a bad Parquet file
+        raise InputError(f"{path}: not a readable {fmt} file: {exc}") from None
+    if not header:
+        raise InputError(f"{path}: the file is empty (no header row)")
+    return header
+
+
+def input_schema(path: str, columns: list[str]) -> pa.Schema:
+    """The schema rows are read with: Parquet's own, or all-text for CSV (cells stay as written)."""
+    if input_format(path) == "parquet":
+        return pq.read_schema(path)
+    return pa.schema([(name, pa.string()) for name in columns])
+
+
+def pick_columns(
+    columns: list[str], image_column: str | None = None, caption_column: str | None = None
+) -> tuple[str, str]:
+    """Choose the image and caption columns: the ones asked for, else common names."""
+    clashes = [c for c in RESULT_COLUMNS if c in columns]
+    if clashes:
+        raise InputError(
+            f"the input already has result column(s) {', '.join(clashes)}; rename them before scoring"
+        )
+    image = _pick(columns, image_column, IMAGE_COLUMN_CANDIDATES, "image", "--image-column")
+    caption = _pick(columns, caption_column, CAPTION_COLUMN_CANDIDATES, "caption", "--caption-column")
+    if image == caption:
+        raise InputError(f"the image and caption columns are the same column {image!r}")
+    return image, caption
+
+
+def _pick(columns: list[str], asked: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
+    if asked is not None:
+        if asked not in columns:
+            raise InputError(f"no {what} column {asked!r} in the input (columns: {', '.join(columns)})")
+        return asked
+    for name in candidates:
+        if name in columns:
+            return name
+    raise InputError(
+        f"cannot find the {what} column: none of {', '.join(candidates)} is among "
+        f"the input's columns ({', '.join(columns)}); name it with {flag}"
+    )
+
+
+def check_caption(caption: object) -> str:
+    """The caption as text, or `RowError` when there is nothing to score."""
+    if caption is None or (isinstance(caption, float) and caption != caption):
+        # NaN is how a float column says "missing"; scoring the text "nan" would be wrong
+        raise RowError(EMPTY_CAPTION, "the caption is missing")
+    text = caption if isinstance(caption, str) else str(caption)
+    if not text.strip():
+        raise RowError(EMPTY_CAPTION, "the caption is empty")
+    return text

@@ -1,0 +1,90 @@
+"""Where a row's image comes from: classify the raw value of the image column.
+
+Pure string logic, no I/O: a value is an http(s) URL, a ``file://`` URL or a local
+path (relative paths resolve against the input file's folder). Anything else is a
+row error before a single byte is fetched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+import yarl
+
+from .errors import INVALID_URL, MISSING_IMAGE, UNSUPPORTED_SCHEME, RowError
+
+HTTP_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    kind: Literal["http", "file"]
+    location: str  # the URL for http, an absolute path for file
+
+
+def classify_image_ref(value: object, base_dir: str) -> ImageSource:
+    """Turn an image-column value into an `ImageSource`, or raise `RowError`."""
+    if value is None or (isinstance(value, float) and value != value):
+        raise RowError(MISSING_IMAGE, "the image column is empty")
+    if not isinstance(value, str):
+        raise RowError(INVALID_URL, f"expected a URL or path, got {type(value).__name__}")
+    ref = value.strip()
+    if not ref:
+        raise RowError(MISSING_IMAGE, "the image column is empty")
+    if "\x00" in ref:
+        raise RowError(INVALID_URL, "contains a NUL byte")
+
+    scheme = _scheme_of(ref)
+    if scheme is None:
+        return ImageSource("file", os.path.normpath(os.path.join(base_dir, ref)))
+    if scheme in HTTP_SCHEMES:
+        return ImageSource("http", _checked_http_url(ref))
+    if scheme == "file":
+        return ImageSource("file", _file_url_path(ref))
+    raise RowError(UNSUPPORTED_SCHEME, f"'{scheme}' URLs are not supported (use http, https, file or a path)")
+
+
+def _scheme_of(ref: str) -> str | None:
+    """The URL scheme, or None for a plain path (a Windows drive letter is a path)."""
+    head, sep, _ = ref.partition(":")
+    if not sep or len(head) < 2 or not head[0].isalpha():
+        return None
+    if not all(c.isalnum() or c in "+-." for c in head):
+        return None
+    return head.lower()
+
+
+def _checked_http_url(ref: str) -> str:
+    try:
+        url = yarl.URL(ref)
+    except (ValueError, TypeError) as exc:
+        raise RowError(INVALID_URL, f"{ref!r}: {exc}") from None
+    try:
+        host, port = url.host, url.port
+    except ValueError as exc:
+        raise RowError(INVALID_URL, f"{ref!r}: {exc}") from None
+    if not host:
+        raise RowError(INVALID_URL, f"{ref!r} has no host")
+    if port is not None and not 0 < port < 65536:
+        raise RowError(INVALID_URL, f"{ref!r} has an invalid port")
+    if any(c.isspace() for c in host):
+        raise RowError(INVALID_URL, f"{ref!r} has white space in its host")
+    return ref
+
+
+def _file_url_path(ref: str) -> str:
+    parts = urlsplit(ref)
+    if parts.netloc not in ("", "localhost"):
+        raise RowError(INVALID_URL, f"file URL {ref!r} names a remote host")
+    path = unquote(parts.path)
+    if not path:
+        raise RowError(INVALID_URL, f"file URL {ref!r} has no path")
+    return os.path.normpath(path)
+
+
+def base_dir_of(input_path: str | None) -> str:
+    """The folder that relative image paths resolve against: the input file's, else the working one."""
+    return os.path.dirname(os.path.abspath(input_path)) if input_path else os.getcwd()

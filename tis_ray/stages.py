@@ -1,0 +1,128 @@
+"""The two Ray Data stages: thin adapters from Arrow batches to the plain modules.
+
+`FetchStage` is an async actor: it fetches a batch's images concurrently on one
+aiohttp session and decodes them in a small thread pool. `ScoreStage` holds one
+`ClipScorer`. Both take and return Arrow tables so that the user's other columns
+pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+from ray.data.extensions import ArrowTensorArray
+
+from .config import FetchConfig, ModelConfig
+from .decode import decode_image
+from .errors import INTERNAL_ERROR, RowError
+from .fetch import fetch_bytes, open_session
+from .preprocess import PreprocessSpec, resize_and_crop
+from .records import check_caption
+from .scorer import ClipScorer
+from .scoring import similarity_from_cosine
+from .sources import classify_image_ref
+
+# Columns that travel between the stages and never reach the output.
+PIXELS = "__tis_pixels"
+FETCH_ERROR = "__tis_fetch_error"
+TRUNCATED = "__tis_truncated"
+RUNTIME = "__tis_runtime"
+INTERNAL_COLUMNS = (PIXELS, FETCH_ERROR, TRUNCATED, RUNTIME)
+
+
+def load_and_prepare(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
+    """Image bytes to the uint8 pixels the scorer wants."""
+    return resize_and_crop(decode_image(data, max_pixels), spec)
+
+
+class FetchStage:
+    def __init__(self, image_column: str, base_dir: str, fetch: FetchConfig, spec: PreprocessSpec,
+                 decode_threads: int = 2):
+        self.image_column = image_column
+        self.base_dir = base_dir
+        self.fetch = fetch
+        self.spec = spec
+        self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="tis-decode")
+        self.session = None  # opened lazily, on the event loop Ray runs this actor's calls on
+        self.in_flight = None
+        self.loop = None
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.session is None:
+            self.loop = asyncio.get_running_loop()
+            self.session = open_session(self.fetch)
+            self.in_flight = asyncio.Semaphore(self.fetch.max_in_flight)
+        refs = batch.column(self.image_column).to_pylist()
+        distinct = list(dict.fromkeys(refs))
+        outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref) for ref in distinct))))
+        height, width = self.spec.output_size
+        pixels = np.zeros((len(refs), height, width, 3), dtype=np.uint8)
+        errors: list[str | None] = []
+        for row, ref in enumerate(refs):
+            outcome = outcomes[ref]
+            if isinstance(outcome, RowError):
+                errors.append(str(outcome))
+            else:
+                pixels[row] = outcome
+                errors.append(None)
+        return batch.append_column(PIXELS, ArrowTensorArray.from_numpy(pixels)).append_column(
+            FETCH_ERROR, pa.array(errors, type=pa.string())
+        )
+
+    def __del__(self):
+        if self.session is not None and self.loop.is_running():
+            closing = asyncio.run_coroutine_threadsafe(self.session.close(), self.loop)
+            closing.result(timeout=2)
+
+    async def _prepare(self, ref) -> np.ndarray | RowError:
+        try:
+            source = classify_image_ref(ref, self.base_dir)
+            async with self.in_flight:
+                data = await fetch_bytes(self.session, source, self.fetch)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.decoder, load_and_prepare, data, self.spec, self.fetch.max_pixels)
+        except RowError as error:
+            return error
+        except Exception as exc:  # noqa: BLE001 - hostile input must cost one row, not the job
+            return RowError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+class ScoreStage:
+    def __init__(self, caption_column: str, model: ModelConfig, with_cosine: bool):
+        self.caption_column = caption_column
+        self.with_cosine = with_cosine
+        self.scorer = ClipScorer(model)
+        self.runtime = f"{self.scorer.device}/{self.scorer.dtype_name}"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.num_rows
+        errors = batch.column(FETCH_ERROR).to_pylist()
+        captions: list[str] = []
+        for row, caption in enumerate(batch.column(self.caption_column).to_pylist()):
+            try:
+                captions.append(check_caption(caption))
+            except RowError as error:
+                captions.append("")
+                errors[row] = errors[row] or str(error)
+        ok = np.array([error is None for error in errors], dtype=bool)
+        cosine = np.zeros(rows, dtype=np.float32)
+        truncated = np.zeros(rows, dtype=bool)
+        if ok.any():
+            pixels = _tensor_column(batch, PIXELS)
+            scored = self.scorer.score(pixels[ok], [c for c, good in zip(captions, ok) if good])
+            cosine[ok], truncated[ok] = scored.cosine, scored.truncated
+        missing = ~ok
+        out = batch.drop_columns([PIXELS, FETCH_ERROR])
+        out = out.append_column("similarity", pa.array(similarity_from_cosine(cosine), mask=missing))
+        if self.with_cosine:
+            out = out.append_column("cosine", pa.array(cosine.astype(np.float64), mask=missing))
+        out = out.append_column("error", pa.array(errors, type=pa.string()))
+        out = out.append_column(TRUNCATED, pa.array(truncated))
+        return out.append_column(RUNTIME, pa.array([self.runtime] * rows, type=pa.string()))
+
+
+def _tensor_column(table: pa.Table, name: str) -> np.ndarray:
+    return np.concatenate([chunk.to_numpy() for chunk in table.column(name).chunks])
