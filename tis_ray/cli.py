@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face CLIP id or local checkpoint folder")
+    parser.add_argument("--model", default=os.environ.get("TIS_MODEL", DEFAULT_MODEL),
+                        help=f"Hugging Face CLIP id or local checkpoint folder (default: $TIS_MODEL, else {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16, else float32")

@@ -10,6 +10,7 @@ internal addresses).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import math
 import random
@@ -32,14 +33,58 @@ UrlCheck = Callable[[yarl.URL], Awaitable[None]]
 
 
 def open_session(cfg: FetchConfig, connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:
-    """One session per actor: its connector pools connections and caps each host."""
-    connector = connector or aiohttp.TCPConnector(limit=cfg.max_in_flight, limit_per_host=cfg.per_host_limit)
+    """One session per actor; its connector pools connections (per-host caps are `HostSlots`')."""
+    connector = connector or aiohttp.TCPConnector(limit=cfg.max_in_flight, limit_per_host=0)
     return aiohttp.ClientSession(
         connector=connector,
         headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.8"},
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_s),
         trust_env=False,
     )
+
+
+class HostSlots:
+    """At most `limit` requests at a time to one host, so one slow host cannot take every slot.
+
+    Waiting for a slot happens before an image's deadline starts: a row queued
+    behind a slow host is not reported as a timeout. Idle hosts are forgotten.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._hosts: dict[str, list] = {}  # host -> [semaphore, users]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, host: str):
+        entry = self._hosts.setdefault(host, [asyncio.Semaphore(self.limit), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._hosts[host]
+
+
+class ImageFetcher:
+    """What a fetch actor or a Serve replica holds: one session, an in-flight cap, host slots."""
+
+    def __init__(self, cfg: FetchConfig, url_check: UrlCheck | None = None,
+                 connector: aiohttp.BaseConnector | None = None):
+        self.cfg = cfg
+        self.url_check = url_check
+        self.session = open_session(cfg, connector)  # needs the running event loop
+        self.in_flight = asyncio.Semaphore(cfg.max_in_flight)
+        self.host_slots = HostSlots(cfg.per_host_limit)
+
+    async def fetch(self, source: ImageSource) -> bytes:
+        host = (yarl.URL(source.location).host or "") if source.kind == "http" else "local files"
+        async with self.in_flight, self.host_slots.hold(host):
+            return await fetch_bytes(self.session, source, self.cfg, self.url_check)
+
+    async def close(self) -> None:
+        await self.session.close()
 
 
 async def fetch_bytes(

@@ -18,7 +18,7 @@ from ray.data.extensions import ArrowTensorArray
 from .config import FetchConfig, ModelConfig
 from .decode import decode_image
 from .errors import INTERNAL_ERROR, RowError
-from .fetch import fetch_bytes, open_session
+from .fetch import ImageFetcher
 from .preprocess import PreprocessSpec, resize_and_crop
 from .records import check_caption
 from .scorer import ClipScorer
@@ -46,15 +46,13 @@ class FetchStage:
         self.fetch = fetch
         self.spec = spec
         self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="tis-decode")
-        self.session = None  # opened lazily, on the event loop Ray runs this actor's calls on
-        self.in_flight = None
+        self.fetcher = None  # opened lazily, on the event loop Ray runs this actor's calls on
         self.loop = None
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.session is None:
+        if self.fetcher is None:
             self.loop = asyncio.get_running_loop()
-            self.session = open_session(self.fetch)
-            self.in_flight = asyncio.Semaphore(self.fetch.max_in_flight)
+            self.fetcher = ImageFetcher(self.fetch)
         refs = batch.column(self.image_column).to_pylist()
         distinct = list(dict.fromkeys(refs))
         outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref) for ref in distinct))))
@@ -73,15 +71,14 @@ class FetchStage:
         )
 
     def __del__(self):
-        if self.session is not None and self.loop.is_running():
-            closing = asyncio.run_coroutine_threadsafe(self.session.close(), self.loop)
+        if self.fetcher is not None and self.loop.is_running():
+            closing = asyncio.run_coroutine_threadsafe(self.fetcher.close(), self.loop)
             closing.result(timeout=2)
 
     async def _prepare(self, ref) -> np.ndarray | RowError:
         try:
             source = classify_image_ref(ref, self.base_dir)
-            async with self.in_flight:
-                data = await fetch_bytes(self.session, source, self.fetch)
+            data = await self.fetcher.fetch(source)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.decoder, load_and_prepare, data, self.spec, self.fetch.max_pixels)
         except RowError as error:

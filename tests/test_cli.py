@@ -1,0 +1,140 @@
+"""The `tis-ray` command as a user runs it: a real subprocess, real Ray, real HTTP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from conftest import REPO
+from reference import reference_similarities
+from tis_ray.errors import error_kind
+
+
+def run_cli(*args, env=None, timeout=600):
+    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tis_ray", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+
+
+def read_output(path) -> pa.Table:
+    return pacsv.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types={"caption": pa.string()}),
+    )
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tis-ray: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_input_is_one_clear_line(tmp_path):
+    _one_line_error(run_cli("score", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o.csv")), "no such file")
+
+
+def test_missing_column_is_one_clear_line(tmp_path):
+    (tmp_path / "in.csv").write_text("picture,caption\na.jpg,a cat\n")
+    _one_line_error(run_cli("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv")),
+                    "cannot find the image column", "--image-column")
+    _one_line_error(run_cli("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"),
+                            "--image-column", "picture", "--caption-column", "alt"),
+                    "no caption column 'alt'")
+
+
+def test_unreachable_hub_model_says_how_to_run_offline(tmp_path):
+    (tmp_path / "in.csv").write_text("image_url,caption\na.jpg,a cat\n")
+    result = run_cli("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"), env={"HF_HUB_OFFLINE": "1"})
+    _one_line_error(result, "openai/clip-vit-base-patch32", "make_test_model.py", "--model")
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_demo_on_the_bundled_example_with_embedded_local_ray(tmp_path, tiny_model):
+    out = tmp_path / "scored.csv"
+    # No cluster given: the command starts its own local Ray. The model comes from
+    # TIS_MODEL, the override the README's demo command documents for offline use.
+    env = {"RAY_ADDRESS": "", "TIS_MODEL": tiny_model}
+    result = run_cli("score", str(REPO / "examples" / "pairs.csv"), "-o", str(out), "--dtype", "float32", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = read_output(out)
+    with open(REPO / "examples" / "pairs.csv", newline="") as f:
+        source = list(csv.DictReader(f))
+    assert table.num_rows == len(source)
+    assert table.column("image_url").to_pylist() == [row["image_url"] for row in source]
+    kinds = [error_kind(e) for e in table.column("error").to_pylist()]
+    assert kinds[-3:] == ["file_not_found", "decode_error", "empty_caption"]
+    assert kinds[:-3] == [None] * (len(source) - 3)
+    assert "rows: 10" in result.stdout and "scored: 7" in result.stdout and "cpu/float32" in result.stdout
+
+
+BAD_KINDS = {
+    "status/404": "http_404",
+    "status/500": "http_500",
+    "html": "decode_error",
+    "truncated/coffee.jpg": "decode_error",
+    "big/21000000": "too_large",  # over the default 20 MB cap
+    "slow/6": "timeout",
+}
+
+
+def test_thousand_rows_five_percent_bad(tmp_path, image_server, tiny_model, photos, local_ray):
+    """The issue's acceptance run: 1,000 rows, 5% bad in varied ways, scores equal the reference."""
+    rng = random.Random(7)
+    names = list(photos)
+    captions = [f"a photo number {i} of something {w}" for i, w in enumerate("red green blue big small odd".split())]
+    bad_rows = set(rng.sample(range(1000), 50))
+    rows, expected = [], []
+    for i in range(1000):
+        if i in bad_rows:
+            choice = rng.choice([*BAD_KINDS, "empty", "missing", "invalid"])
+            if choice == "empty":
+                rows.append((image_server.url("photo/chelsea.jpg"), "   "))
+                expected.append(("empty_caption", None))
+            elif choice == "missing":
+                rows.append((str(tmp_path / "no-such.jpg"), "a cat"))
+                expected.append(("file_not_found", None))
+            elif choice == "invalid":
+                rows.append(("http://[::1", "a cat"))
+                expected.append(("invalid_url", None))
+            else:
+                rows.append((image_server.url(choice), "whatever"))
+                expected.append((BAD_KINDS[choice], None))
+        else:
+            name, caption = rng.choice(names), rng.choice(captions)
+            rows.append((image_server.url(f"photo/{name}.jpg"), caption))
+            expected.append((None, (name, caption)))
+    source = tmp_path / "thousand.csv"
+    with open(source, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "image_url", "caption"])
+        writer.writerows([i, *row] for i, row in enumerate(rows))
+    out = tmp_path / "thousand-scored.csv"
+    env = {"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
+    result = run_cli("score", str(source), "-o", str(out), "--model", tiny_model, "--device", "cpu",
+                     "--dtype", "float32", "--timeout", "3", "--retries", "1", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = read_output(out)
+    assert table.num_rows == 1000
+    assert table.column("row").to_pylist() == list(range(1000))
+    sims, errors = table.column("similarity").to_pylist(), table.column("error").to_pylist()
+    pairs = sorted({pair for _, pair in expected if pair})
+    reference = dict(zip(pairs, reference_similarities(tiny_model, [photos[n] for n, _ in pairs], [c for _, c in pairs])))
+    for i, (kind, pair) in enumerate(expected):
+        assert error_kind(errors[i]) == kind, (i, rows[i], errors[i])
+        if kind is None:
+            assert abs(sims[i] - reference[pair]) <= 1e-4, (i, sims[i], reference[pair])
+        else:
+            assert sims[i] is None
+    assert "rows: 1000" in result.stdout and "scored: 950" in result.stdout
