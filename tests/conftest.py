@@ -4,10 +4,12 @@ real HTTP server on 127.0.0.1 with failure modes, and one local Ray per session.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,6 +50,7 @@ class ImageServer:
       /truncated/<name>.jpg       the first half of a photo
       /bytes/<key>                bytes registered with `serve_bytes`
       /redirect/<n>/<name>.jpg    n redirects, then the photo
+      /goto?url=<absolute URL>    one redirect to that URL
     """
 
     def __init__(self):
@@ -91,6 +94,9 @@ class ImageServer:
 
             def do_GET(self):
                 server.requests.append(self.path)
+                if self.path.startswith("/goto?url="):
+                    target = urllib.parse.unquote(self.path.split("=", 1)[1])
+                    return self.send(302, b"", "text/plain", [("Location", target)])
                 parts = self.path.strip("/").split("/")
                 route, args = parts[0], parts[1:]
                 try:
@@ -155,12 +161,24 @@ def image_server():
     server.close()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def local_ray():
+def ray_metrics_port() -> int:
+    """Where the session's Ray serves Prometheus metrics, on 127.0.0.1."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def local_ray(ray_metrics_port):
     """One real local Ray for the whole session (2 CPUs, like the CI machine)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _metrics_export_port=ray_metrics_port)
     yield ray
     ray.shutdown()

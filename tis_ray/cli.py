@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--with-cosine", action="store_true", help="also write the raw cosine similarity")
     score.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     score.set_defaults(run=run_score)
+
+    serve = commands.add_parser("serve", help="run the HTTP scoring service (Ray Serve) in the foreground")
+    _add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_NETWORK",
+                       help="host names, IPs or CIDR networks the service may fetch from even though they are "
+                            "private or loopback (by default only public addresses are fetched)")
+    serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="pairs per model call, across requests")
+    serve.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
+    serve.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    serve.set_defaults(run=run_serve)
     return parser
 
 
@@ -82,3 +94,17 @@ def run_score(args: argparse.Namespace) -> int:
     print(summary.format())
     return 0
 
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .api import connect
+    from .loading import load_preprocess_spec
+    from .serve import run_foreground
+
+    load_preprocess_spec(args.model)  # a bad model is one clear line, before Serve starts
+    connect(args.address)
+    run_foreground(
+        {"model": args.model, "device": args.device, "dtype": args.dtype, "allow_hosts": args.allow_hosts},
+        host=args.host, port=args.port, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+    )
+    return 0

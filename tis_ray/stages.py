@@ -1,25 +1,22 @@
 """The two Ray Data stages: thin adapters from Arrow batches to the plain modules.
 
-`FetchStage` is an async actor: it fetches a batch's images concurrently on one
-aiohttp session and decodes them in a small thread pool. `ScoreStage` holds one
-`ClipScorer`. Both take and return Arrow tables so that the user's other columns
-pass through untouched.
+`FetchStage` is an async actor: it prepares a batch's images concurrently with one
+`ImagePreparer`. `ScoreStage` holds one `ClipScorer`. Both take and return Arrow
+tables so that the user's other columns pass through untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 from ray.data.extensions import ArrowTensorArray
 
 from .config import FetchConfig, ModelConfig
-from .decode import decode_image
 from .errors import INTERNAL_ERROR, RowError
-from .fetch import ImageFetcher
-from .preprocess import PreprocessSpec, resize_and_crop
+from .prepare import ImagePreparer
+from .preprocess import PreprocessSpec
 from .records import check_caption
 from .scorer import ClipScorer
 from .scoring import similarity_from_cosine
@@ -33,26 +30,16 @@ RUNTIME = "__tis_runtime"
 INTERNAL_COLUMNS = (PIXELS, FETCH_ERROR, TRUNCATED, RUNTIME)
 
 
-def load_and_prepare(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
-    """Image bytes to the uint8 pixels the scorer wants."""
-    return resize_and_crop(decode_image(data, max_pixels), spec)
-
-
 class FetchStage:
-    def __init__(self, image_column: str, base_dir: str, fetch: FetchConfig, spec: PreprocessSpec,
-                 decode_threads: int = 2):
+    def __init__(self, image_column: str, base_dir: str, fetch: FetchConfig, spec: PreprocessSpec):
         self.image_column = image_column
         self.base_dir = base_dir
-        self.fetch = fetch
         self.spec = spec
-        self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="tis-decode")
-        self.fetcher = None  # opened lazily, on the event loop Ray runs this actor's calls on
-        self.loop = None
+        self.preparer = ImagePreparer(fetch, spec)
+        self.loop = None  # the event loop Ray runs this actor's calls on
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.fetcher is None:
-            self.loop = asyncio.get_running_loop()
-            self.fetcher = ImageFetcher(self.fetch)
+        self.loop = asyncio.get_running_loop()
         refs = batch.column(self.image_column).to_pylist()
         distinct = list(dict.fromkeys(refs))
         outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref) for ref in distinct))))
@@ -71,16 +58,12 @@ class FetchStage:
         )
 
     def __del__(self):
-        if self.fetcher is not None and self.loop.is_running():
-            closing = asyncio.run_coroutine_threadsafe(self.fetcher.close(), self.loop)
-            closing.result(timeout=2)
+        if self.loop is not None and self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.preparer.close(), self.loop).result(timeout=2)
 
     async def _prepare(self, ref) -> np.ndarray | RowError:
         try:
-            source = classify_image_ref(ref, self.base_dir)
-            data = await self.fetcher.fetch(source)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.decoder, load_and_prepare, data, self.spec, self.fetch.max_pixels)
+            return await self.preparer.from_source(classify_image_ref(ref, self.base_dir))
         except RowError as error:
             return error
         except Exception as exc:  # noqa: BLE001 - hostile input must cost one row, not the job

@@ -1,0 +1,396 @@
+"""netguard: address checks as pure functions, then the real ImageFetcher on loopback only.
+
+No test sends traffic anywhere but 127.0.0.1: blocked non-loopback forms are checked
+through `blocked_reason`/`parse_ip_host` directly, and names are mapped to 127.0.0.1 by
+`StubResolver` (no test ever uses the system resolver). "Refused without connecting" is
+asserted through the servers' own logs of accepted connections and requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tis_ray import errors
+from tis_ray.config import FetchConfig
+from tis_ray.errors import RowError
+from tis_ray.fetch import ImageFetcher
+from tis_ray.netguard import (
+    AddressPolicy,
+    GuardedResolver,
+    blocked_reason,
+    guarded_fetcher_parts,
+    make_url_check,
+    parse_ip_host,
+)
+from tis_ray.sources import ImageSource
+
+PHOTO = Path(__file__).resolve().parent.parent / "examples" / "images" / "chelsea.jpg"
+FAST = FetchConfig(timeout_s=3.0, retries=0, max_redirects=3)
+ip = ipaddress.ip_address
+
+
+# --- pure checks: no sockets at all ---------------------------------------------
+
+# (URL host as written, the address it denotes, words the reason must contain)
+BLOCKED = [
+    ("127.0.0.1", "127.0.0.1", "loopback"),
+    ("2130706433", "127.0.0.1", "loopback"),
+    ("0x7f000001", "127.0.0.1", "loopback"),
+    ("017700000001", "127.0.0.1", "loopback"),
+    ("127.1", "127.0.0.1", "loopback"),
+    ("0x7f.1", "127.0.0.1", "loopback"),
+    ("0x7f.0.0.1", "127.0.0.1", "loopback"),
+    ("0X7F.0.0.1", "127.0.0.1", "loopback"),
+    ("0177.0.0.1", "127.0.0.1", "loopback"),
+    ("127.0.0.1.", "127.0.0.1", "loopback"),
+    ("%31%32%37.0.0.1", "127.0.0.1", "loopback"),
+    ("[::1]", "::1", "loopback"),
+    ("10.1.1", "10.1.0.1", "private"),
+    ("10.0.0.1", "10.0.0.1", "private"),
+    ("172.16.5.4", "172.16.5.4", "private"),
+    ("172.31.255.255", "172.31.255.255", "private"),
+    ("192.168.1.1", "192.168.1.1", "private"),
+    ("169.254.169.254", "169.254.169.254", "link-local"),
+    ("[fe80::1]", "fe80::1", "link-local"),
+    ("[fe80::1%25eth0]", "fe80::1%eth0", "link-local"),
+    ("100.64.0.1", "100.64.0.1", "carrier-grade NAT"),
+    ("100.127.255.254", "100.127.255.254", "carrier-grade NAT"),
+    ("224.0.0.1", "224.0.0.1", "multicast"),
+    ("[ff02::1]", "ff02::1", "multicast"),
+    ("240.0.0.1", "240.0.0.1", "reserved"),
+    ("0.0.0.0", "0.0.0.0", "unspecified"),
+    ("0", "0.0.0.0", "unspecified"),
+    ("0.1.2.3", "0.1.2.3", "unspecified"),
+    ("[::]", "::", "unspecified"),
+    ("255.255.255.255", "255.255.255.255", "broadcast"),
+    ("198.18.0.1", "198.18.0.1", "benchmarking"),
+    ("198.19.255.1", "198.19.255.1", "benchmarking"),
+    ("192.0.2.1", "192.0.2.1", "documentation"),
+    ("198.51.100.7", "198.51.100.7", "documentation"),
+    ("203.0.113.9", "203.0.113.9", "documentation"),
+    ("[2001:db8::1]", "2001:db8::1", "documentation"),
+    ("192.0.0.8", "192.0.0.8", "IETF protocol assignment"),
+    ("[fd00::1]", "fd00::1", "unique local"),
+    ("[fc00::1]", "fc00::1", "unique local"),
+    ("[fec0::1]", "fec0::1", "site-local"),
+    ("[::ffff:127.0.0.1]", "::ffff:7f00:1", "IPv4-mapped (127.0.0.1, loopback)"),
+    ("[::ffff:7f00:1]", "::ffff:7f00:1", "IPv4-mapped (127.0.0.1, loopback)"),
+    ("[::ffff:169.254.169.254]", "::ffff:a9fe:a9fe", "IPv4-mapped (169.254.169.254, link-local)"),
+    ("[::7f00:1]", "::7f00:1", "IPv4-compatible (127.0.0.1, loopback)"),
+    ("[::ffff:0:a00:1]", "::ffff:0:a00:1", "IPv4-translated (10.0.0.1, private)"),
+    ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe", "NAT64 (169.254.169.254, link-local)"),
+    ("[64:ff9b:1::a9fe:a9fe]", "64:ff9b:1::a9fe:a9fe", "local-use NAT64"),
+    ("[2002:a9fe:a9fe::]", "2002:a9fe:a9fe::", "6to4 (169.254.169.254, link-local)"),
+    ("[2002:7f00:1::1]", "2002:7f00:1::1", "6to4 (127.0.0.1, loopback)"),
+    # Teredo keeps the client's IPv4 inverted: ~0x7f000001 == 0x80fffffe.
+    ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", "2001:0:4136:e378:8000:63bf:80ff:fffe", "Teredo (127.0.0.1, loopback)"),
+]
+
+PUBLIC = ["8.8.8.8", "1.1.1.1", "140.82.112.3", "[2606:4700:4700::1111]", "[2a00:1450:4001:80b::200e]"]
+
+# Embedding forms are refused even around a public IPv4 (the choice `blocked_reason` documents).
+EMBEDDED_PUBLIC = {
+    "::ffff:8.8.8.8": "IPv4-mapped (8.8.8.8, public)",
+    "64:ff9b::8.8.8.8": "NAT64 (8.8.8.8, public)",
+    "2002:808:808::1": "6to4 (8.8.8.8, public)",
+    "2001:0:4136:e378:8000:63bf:f7f7:f7f7": "Teredo (8.8.8.8, public)",
+}
+
+NAMES = ["example.com", "images.example.org", "localhost", "cafe", "1e100.net", "a.b", "1.2.3.4.5", "256.1",
+         "0x100000000"]
+
+
+@pytest.mark.parametrize("host, address, reason", BLOCKED)
+def test_blocked_forms_parse_and_are_refused(host, address, reason):
+    parsed = parse_ip_host(host)
+    assert parsed == ip(address)
+    assert reason in blocked_reason(parsed)
+
+
+@pytest.mark.parametrize("host", PUBLIC)
+def test_public_addresses_pass(host):
+    assert blocked_reason(parse_ip_host(host)) is None
+
+
+@pytest.mark.parametrize("address, reason", EMBEDDED_PUBLIC.items())
+def test_embedding_prefixes_are_refused_outright(address, reason):
+    assert blocked_reason(ip(address)) == reason
+
+
+@pytest.mark.parametrize("host", NAMES)
+def test_host_names_are_not_addresses(host):
+    assert parse_ip_host(host) is None
+
+
+def _spell_octet(n: int, style: str) -> str:
+    return {"dec": str(n), "hex": hex(n), "oct": "0" + oct(n)[2:]}[style]
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.lists(st.sampled_from(["dec", "hex", "oct"]), min_size=4, max_size=4),
+    st.booleans(),
+)
+def test_every_inet_aton_spelling_parses_to_the_same_address(value, parts, styles, trailing_dot):
+    octets = list(ipaddress.IPv4Address(value).packed)
+    head = octets[: parts - 1]
+    last = int.from_bytes(bytes(octets[parts - 1 :]), "big")
+    spelled = [_spell_octet(n, s) for n, s in zip(head + [last], styles)]
+    host = ".".join(spelled) + ("." if trailing_dot else "")
+    assert parse_ip_host(host) == ipaddress.IPv4Address(value)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_v4_embedded_in_v6_is_never_allowed(value):
+    v4 = ipaddress.IPv4Address(value)
+    for form in (f"::ffff:{v4}", f"64:ff9b::{v4}", f"2002:{value >> 16:x}:{value & 0xFFFF:x}::1"):
+        reason = blocked_reason(ip(form))
+        assert reason is not None and str(v4) in reason
+        assert (blocked_reason(v4) or "public") in reason
+
+
+# --- AddressPolicy ----------------------------------------------------------------
+
+
+def test_policy_refuses_with_a_clear_detail():
+    with pytest.raises(RowError) as caught:
+        AddressPolicy().check_ip(ip("169.254.169.254"), "metadata.internal")
+    assert caught.value.kind == errors.BLOCKED_ADDRESS
+    assert caught.value.detail == "metadata.internal resolves to 169.254.169.254, a link-local address"
+
+
+def test_policy_allows_listed_networks_ips_and_names():
+    policy = AddressPolicy.from_strings([" 10.0.0.0/8 ", "", "192.168.1.5", "::1/128", "Images.Internal."])
+    policy.check_ip(ip("10.2.3.4"), "anything")
+    policy.check_ip(ip("192.168.1.5"), "anything")
+    policy.check_ip(ip("::1"), "anything")
+    policy.check_ip(ip("127.0.0.1"), "IMAGES.internal")  # names: case and trailing dot ignored
+    policy.check_ip(ip("8.8.8.8"), "anything")
+    for address, host in [("192.168.1.6", "x"), ("127.0.0.1", "other.internal"), ("::ffff:10.0.0.1", "x")]:
+        with pytest.raises(RowError):
+            policy.check_ip(ip(address), host)
+
+
+BAD_ENTRIES = ["not a host", "10.0.0.0/33", "127.1", "0x7f.0.0.1", "http://x.test", "a..b", "-x.test"]
+
+
+@pytest.mark.parametrize("entry", BAD_ENTRIES)
+def test_policy_rejects_bad_entries(entry):
+    with pytest.raises(ValueError, match="allowlist entry"):
+        AddressPolicy.from_strings([entry])
+
+
+# --- url_check and resolver, without a connection -----------------------------------
+
+
+class StubResolver(AbstractResolver):
+    """Answers from a table and records each question; unknown names fail like NXDOMAIN."""
+
+    def __init__(self, table: dict[str, list[str]] | None = None):
+        self.table = table or {}
+        self.calls: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.calls.append(host)
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, f"stub resolver: no such name {host}")
+        return [
+            ResolveResult(hostname=host, host=a, port=port, proto=0, flags=socket.AI_NUMERICHOST,
+                          family=socket.AF_INET6 if ":" in a else socket.AF_INET)
+            for a in self.table[host]
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+def test_resolver_refuses_a_host_if_any_address_is_blocked():
+    stub = StubResolver({
+        "mixed.example": ["8.8.8.8", "10.0.0.1"],
+        "public.example": ["8.8.8.8", "2606:4700::1"],
+        "odd.example": ["not-an-ip"],
+    })
+    resolver = GuardedResolver(AddressPolicy(), stub)
+    with pytest.raises(RowError, match="mixed.example resolves to 10.0.0.1, a private address"):
+        asyncio.run(resolver.resolve("mixed.example", 80))
+    with pytest.raises(RowError, match="not an IP address"):
+        asyncio.run(resolver.resolve("odd.example", 80))
+    answer = asyncio.run(resolver.resolve("public.example", 80))
+    assert [a["host"] for a in answer] == ["8.8.8.8", "2606:4700::1"]
+
+
+def test_url_check_judges_schemes_and_ip_hosts_but_leaves_names_to_the_resolver():
+    check = make_url_check(AddressPolicy(("10.0.0.0/8",)))
+    asyncio.run(check(yarl.URL("http://10.1.2.3/x.jpg")))
+    asyncio.run(check(yarl.URL("https://some.name.example/x.jpg")))
+    refused = [
+        ("ftp://8.8.8.8/x", errors.UNSUPPORTED_SCHEME),
+        ("http://0x7f.1/x", errors.BLOCKED_ADDRESS),
+        ("http://[fe80::1%25eth0]/x", errors.BLOCKED_ADDRESS),
+    ]
+    for url, kind in refused:
+        with pytest.raises(RowError) as caught:
+            asyncio.run(check(yarl.URL(url)))
+        assert caught.value.kind == kind
+
+
+# --- the real ImageFetcher against loopback servers --------------------------------
+
+
+class Watched:
+    """A loopback server's port plus what reached it since the test began."""
+
+    def __init__(self, httpd: ThreadingHTTPServer, requests: list[str]):
+        self.port = httpd.server_address[1]
+        self.connections = 0
+        self._requests = requests
+        self._start = len(requests)
+
+    @property
+    def requests(self) -> list[str]:
+        return self._requests[self._start :]
+
+    def counting(self, verify):
+        def verify_request(request, client_address):
+            self.connections += 1
+            return verify(request, client_address)
+
+        return verify_request
+
+
+@pytest.fixture
+def loopback(image_server, monkeypatch) -> Watched:
+    """conftest's image_server, with every accepted TCP connection counted."""
+    watched = Watched(image_server.httpd, image_server.requests)
+    httpd = image_server.httpd
+    monkeypatch.setattr(httpd, "verify_request", watched.counting(httpd.verify_request))
+    return watched
+
+
+@pytest.fixture
+def hop_server():
+    """Loopback server whose /hop?to=<url> answers 302 with that absolute Location."""
+    requests: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            requests.append(self.path)
+            parts = urlsplit(self.path)
+            if parts.path == "/hop":
+                headers = [("Location", parse_qs(parts.query)["to"][0])]
+                status, body = 302, b""
+            else:
+                headers, status, body = [], 200, PHOTO.read_bytes()
+            self.send_response(status)
+            for key, value in [*headers, ("Content-Length", str(len(body)))]:
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    watched = Watched(httpd, requests)
+    httpd.verify_request = watched.counting(httpd.verify_request)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield watched
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def fetch(url: str, allow: tuple[str, ...] = (), names: dict[str, list[str]] | None = None,
+          with_url_check: bool = True) -> bytes | RowError:
+    """One fetch through the guarded parts; names resolve only through a `StubResolver`."""
+
+    async def go():
+        check, connector = guarded_fetcher_parts(AddressPolicy(allow), FAST, StubResolver(names))
+        fetcher = ImageFetcher(FAST, url_check=check if with_url_check else None, connector=connector)
+        try:
+            return await fetcher.fetch(ImageSource("http", url))
+        except RowError as exc:
+            return exc
+        finally:
+            await fetcher.close()
+
+    return asyncio.run(go())
+
+
+def assert_blocked(result, *words: str) -> None:
+    assert isinstance(result, RowError), f"expected a refusal, got {type(result).__name__}"
+    assert result.kind == errors.BLOCKED_ADDRESS
+    for word in words:
+        assert word in result.detail
+
+
+def test_loopback_is_refused_by_default_without_connecting(loopback):
+    result = fetch(f"http://127.0.0.1:{loopback.port}/photo/chelsea.jpg")
+    assert_blocked(result, "127.0.0.1 resolves to 127.0.0.1, a loopback address")
+    assert loopback.connections == 0 and loopback.requests == []
+
+
+@pytest.mark.parametrize("allow", [("127.0.0.1",), ("127.0.0.0/8",)])
+def test_allowlisted_loopback_is_fetched(loopback, allow):
+    assert fetch(f"http://127.0.0.1:{loopback.port}/photo/chelsea.jpg", allow) == PHOTO.read_bytes()
+    assert loopback.requests == ["/photo/chelsea.jpg"]
+
+
+@pytest.mark.parametrize("with_url_check", [True, False])
+def test_a_name_resolving_to_loopback_is_refused_without_connecting(loopback, with_url_check):
+    # Without url_check the resolver alone refuses, and its RowError reaches the caller unwrapped.
+    url = f"http://public.example:{loopback.port}/photo/chelsea.jpg"
+    result = fetch(url, names={"public.example": ["127.0.0.1"]}, with_url_check=with_url_check)
+    assert_blocked(result, "public.example resolves to 127.0.0.1, a loopback address")
+    assert loopback.connections == 0 and loopback.requests == []
+
+
+@pytest.mark.parametrize("allow", [("public.example",), ("127.0.0.0/8",)])
+def test_an_allowlisted_name_or_network_connects_to_the_resolved_address(loopback, allow):
+    url = f"http://public.example:{loopback.port}/photo/chelsea.jpg"
+    assert fetch(url, allow, names={"public.example": ["127.0.0.1"]}) == PHOTO.read_bytes()
+    assert loopback.requests == ["/photo/chelsea.jpg"]
+
+
+def test_a_redirect_from_an_allowlisted_name_to_its_raw_ip_is_refused(hop_server):
+    names = {"allowed.test": ["127.0.0.1"]}
+    to_ip = f"http://127.0.0.1:{hop_server.port}/photo/chelsea.jpg"
+    result = fetch(f"http://allowed.test:{hop_server.port}/hop?to={to_ip}", ("allowed.test",), names)
+    assert_blocked(result, "127.0.0.1 resolves to 127.0.0.1")
+    assert hop_server.requests == [f"/hop?to={to_ip}"]
+    assert hop_server.connections == 1
+
+
+def test_a_redirect_that_keeps_the_allowlisted_name_is_followed(hop_server):
+    names = {"allowed.test": ["127.0.0.1"]}
+    to_name = f"http://allowed.test:{hop_server.port}/photo/chelsea.jpg"
+    result = fetch(f"http://allowed.test:{hop_server.port}/hop?to={to_name}", ("allowed.test",), names)
+    assert result == PHOTO.read_bytes()
+    assert hop_server.requests == [f"/hop?to={to_name}", "/photo/chelsea.jpg"]
+
+
+@pytest.mark.parametrize("spelling", [
+    "2130706433", "127.1", "0x7f.1", "0x7f.0.0.1", "0x7f000001", "0177.0.0.1", "017700000001",
+    "127.0.0.1.", "%31%32%37.0.0.1", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]",
+])
+def test_odd_spellings_of_loopback_are_refused_without_connecting(loopback, spelling):
+    result = fetch(f"http://{spelling}:{loopback.port}/photo/chelsea.jpg")
+    assert_blocked(result, "127.0.0.1")
+    assert loopback.connections == 0 and loopback.requests == []

@@ -1,0 +1,209 @@
+"""The online service: real Ray Serve on 127.0.0.1, a real HTTP client, real photos."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import aiohttp
+import pytest
+
+from conftest import free_port
+from tis_ray import score_pairs
+from tis_ray.config import FetchConfig
+from tis_ray.errors import error_kind
+from tis_ray.serve import ScoringService, service_options
+
+API_KEY = "s3cret-test-key"
+
+
+@pytest.fixture(scope="module")
+def service(local_ray, tiny_model, monkeypatch_module):
+    """Three apps on one Serve instance: loopback allowed, default guard, and API-key protected."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = {"model": tiny_model, "device": "cpu", "dtype": "float32", "timeout_s": 3}
+    small = {"num_cpus": 0.25}
+    batching = {"max_batch_size": 16, "batch_wait_ms": 50}
+    serve.run(ScoringService.options(ray_actor_options=small, user_config=batching).bind(
+        **service_options({**base, "allow_hosts": ["127.0.0.1"]})), name="open", route_prefix="/open")
+    serve.run(ScoringService.options(ray_actor_options=small).bind(
+        **service_options({**base, "allow_hosts": ["localhost"], "max_body_bytes": 200_000, "max_pairs": 8})),
+        name="guarded", route_prefix="/guarded")
+    monkeypatch_module.setenv("TIS_API_KEY", API_KEY)
+    serve.run(ScoringService.options(ray_actor_options=small).bind(**service_options(base)),
+              name="keyed", route_prefix="/keyed")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def call(url: str, payload=None, headers=None, raw: bytes | None = None):
+    data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def test_health_ready_model_and_docs(service, tiny_model):
+    assert call(f"{service}/open/healthz") == (200, {"status": "ok"})
+    assert call(f"{service}/open/readyz")[1]["status"] == "ready"
+    status, info = call(f"{service}/open/v1/model")
+    assert status == 200 and info["model"] == tiny_model and info["dtype"] == "float32" and info["max_pairs"] == 256
+    status, spec = call(f"{service}/open/openapi.json")
+    assert status == 200 and "/v1/score" in spec["paths"] and "ScoreRequest" in spec["components"]["schemas"]
+    with urllib.request.urlopen(f"{service}/open/docs", timeout=30) as response:
+        assert response.status == 200 and b"swagger" in response.read().lower()
+
+
+def test_scores_equal_the_batch_pipeline(service, image_server, photos, tiny_model):
+    pairs = [
+        (image_server.url("photo/chelsea.jpg"), "a cat"),
+        (image_server.url("photo/rocket.jpg"), "a rocket lifting off"),
+        (image_server.url("redirect/1/coffee.jpg"), "a cup of coffee"),
+    ]
+    payload = {"pairs": [{"image_url": u, "caption": c} for u, c in pairs]
+               + [{"image_base64": base64.b64encode(photos["retina"].read_bytes()).decode(), "caption": "an eye"}]}
+    status, body = call(f"{service}/open/v1/score", payload)
+    assert status == 200 and body["model"] == tiny_model
+    batch = list(score_pairs([*pairs, (str(photos["retina"]), "an eye")], model=tiny_model, device="cpu",
+                             dtype="float32", fetch=FetchConfig(timeout_s=3)))
+    assert len(body["results"]) == 4
+    for online, offline in zip(body["results"], batch):
+        assert online["error"] is None and offline.error is None
+        assert abs(online["similarity"] - offline.similarity) <= 1e-4
+        assert abs(online["cosine"] - offline.cosine) <= 1e-4
+        assert online["similarity"] == round((online["cosine"] + 1) / 2, 4)
+
+
+def test_one_bad_pair_is_one_error(service, image_server):
+    payload = {"pairs": [
+        {"image_url": image_server.url("photo/chelsea.jpg"), "caption": "a cat"},
+        {"image_url": image_server.url("status/404"), "caption": "gone"},
+        {"image_url": image_server.url("photo/coffee.jpg"), "caption": "   "},
+        {"image_base64": base64.b64encode(b"<html>not an image</html>").decode(), "caption": "html"},
+        {"image_url": "file:///etc/passwd", "caption": "a local file"},
+        {"image_url": "/etc/passwd", "caption": "a local path"},
+    ]}
+    status, body = call(f"{service}/open/v1/score", payload)
+    assert status == 200
+    kinds = [error_kind(r["error"]) for r in body["results"]]
+    assert kinds == [None, "http_404", "empty_caption", "decode_error", "unsupported_scheme", "unsupported_scheme"]
+    assert body["results"][0]["similarity"] is not None
+    assert all(r["similarity"] is None for r in body["results"][1:])
+
+
+def _prometheus_value(port: int, name: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name):
+            key, _, value = line.rpartition(" ")
+            values[key] = values.get(key, 0.0) + float(value)
+    return values
+
+
+def test_concurrent_clients_are_batched(service, image_server, ray_metrics_port):
+    names = ["chelsea", "coffee", "rocket", "astronaut"]
+
+    async def client(session, i):
+        payload = {"pairs": [{"image_url": image_server.url(f"photo/{names[i % 4]}.jpg"), "caption": f"photo {i % 4}"}]}
+        async with session.post(f"{service}/open/v1/score", json=payload) as response:
+            return response.status, await response.json()
+
+    async def run_clients():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            return await asyncio.gather(*(client(session, i) for i in range(32)))
+
+    responses = asyncio.run(run_clients())
+    assert all(status == 200 for status, _ in responses)
+    by_photo: dict[int, float] = {}
+    for i, (_, body) in enumerate(responses):
+        result = body["results"][0]
+        assert result["error"] is None
+        assert by_photo.setdefault(i % 4, result["similarity"]) == result["similarity"]  # same pair, same score
+
+    deadline = time.monotonic() + 60
+    while True:  # Ray exports metrics every few seconds
+        counts = _prometheus_value(ray_metrics_port, "ray_tis_batch_size_count")
+        singles = _prometheus_value(ray_metrics_port, 'ray_tis_batch_size_bucket')
+        total = sum(v for k, v in counts.items() if 'application="open"' in k)
+        ones = sum(v for k, v in singles.items() if 'application="open"' in k and 'le="1.0"' in k)
+        if total >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    pairs = sum(v for k, v in _prometheus_value(ray_metrics_port, "ray_tis_batch_size_sum").items()
+                if 'application="open"' in k)
+    assert total >= 1, "the batch-size histogram was never exported"
+    assert total > ones, f"every batch had one pair ({total} batches)"
+    assert pairs / total > 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "127.1", "0x7f.0.0.1", "[::ffff:127.0.0.1]"])
+def test_internal_addresses_are_refused_without_a_connection(service, image_server, host):
+    port = image_server.httpd.server_address[1]
+    marker = f"ssrf-{abs(hash(host))}"
+    url = f"http://{host}:{port}/photo/chelsea.jpg?{marker}"
+    status, body = call(f"{service}/guarded/v1/score", {"pairs": [{"image_url": url, "caption": "a cat"}]})
+    assert status == 200
+    assert error_kind(body["results"][0]["error"]) == "blocked_address", body
+    assert not [p for p in image_server.requests if marker in p]
+
+
+def test_redirect_from_an_allowed_host_to_loopback_is_refused(service, image_server):
+    port = image_server.httpd.server_address[1]
+    target = urllib.parse.quote(f"http://127.0.0.1:{port}/photo/chelsea.jpg?redirected", safe="")
+    allowed = f"http://localhost:{port}/photo/coffee.jpg"
+    redirecting = f"http://localhost:{port}/goto?url={target}"
+    status, body = call(f"{service}/guarded/v1/score", {"pairs": [
+        {"image_url": allowed, "caption": "coffee"}, {"image_url": redirecting, "caption": "a cat"}]})
+    assert status == 200
+    assert body["results"][0]["error"] is None  # the allowlisted name itself works
+    assert error_kind(body["results"][1]["error"]) == "blocked_address"
+    assert not [p for p in image_server.requests if "redirected" in p]
+
+
+@pytest.mark.parametrize("raw, status, loc", [
+    (b"{not json", 422, ["body"]),
+    (json.dumps({"pairs": [{"image_url": "http://x.test/a.jpg"}]}).encode(), 422, ["body", "pairs", 0, "caption"]),
+    (json.dumps({"pairs": [{"caption": "no image"}]}).encode(), 422, ["body", "pairs", 0]),
+    (json.dumps({"pairs": [{"image_base64": "!!not base64!!", "caption": "x"}]}).encode(), 422, ["body", "pairs", 0]),
+    (json.dumps({"pairs": [{"image_url": "http://x.test/a.jpg", "caption": "x" * 10_001}]}).encode(), 422,
+     ["body", "pairs", 0, "caption"]),
+    (json.dumps({"pairs": [{"image_url": "http://x.test/a.jpg", "caption": "x"}] * 9}).encode(), 422, ["body", "pairs"]),
+    (json.dumps({"pairs": []}).encode(), 422, ["body", "pairs"]),
+    (json.dumps({"pairs": [{"image_base64": "A" * 300_000, "caption": "x"}]}).encode(), 413, ["body"]),
+    (json.dumps([1, 2]).encode(), 422, ["body"]),
+])
+def test_bad_requests_get_a_4xx_that_names_the_field(service, raw, status, loc):
+    got, body = call(f"{service}/guarded/v1/score", raw=raw)
+    assert got == status, body
+    assert any(item["loc"] == loc for item in body["detail"]), body
+    assert all(item["msg"] for item in body["detail"])
+
+
+def test_api_key_is_required_when_set(service, image_server):
+    payload = {"pairs": [{"image_base64": base64.b64encode((image_server.url("x")).encode()).decode(), "caption": "x"}]}
+    assert call(f"{service}/keyed/v1/score", payload)[0] == 401
+    assert call(f"{service}/keyed/v1/score", payload, {"Authorization": "Bearer wrong"})[0] == 401
+    status, body = call(f"{service}/keyed/v1/score", payload, {"Authorization": f"Bearer {API_KEY}"})
+    assert status == 200 and error_kind(body["results"][0]["error"]) == "decode_error"
+    assert call(f"{service}/keyed/healthz")[0] == 200
+    assert call(f"{service}/open/v1/score", payload)[0] == 200  # the other apps have no key

@@ -1,0 +1,55 @@
+"""From an image source to model-ready pixels: fetch, decode, resize and crop.
+
+One `ImagePreparer` lives in each fetch actor and in each Serve replica. It owns
+the aiohttp session (opened on first use, on the caller's event loop) and a small
+thread pool for decoding, so the event loop only ever waits on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .config import FetchConfig
+from .decode import decode_image
+from .fetch import ImageFetcher
+from .preprocess import PreprocessSpec, resize_and_crop
+from .sources import ImageSource
+
+
+def bytes_to_pixels(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
+    """Image bytes to the (H, W, 3) uint8 pixels the scorer wants; `RowError` if they are not an image."""
+    return resize_and_crop(decode_image(data, max_pixels), spec)
+
+
+class ImagePreparer:
+    def __init__(
+        self,
+        fetch: FetchConfig,
+        spec: PreprocessSpec,
+        decode_threads: int = 2,
+        make_fetcher: Callable[[], ImageFetcher] | None = None,
+    ):
+        """`make_fetcher` builds the fetcher on first use, inside the event loop (aiohttp needs it)."""
+        self.fetch = fetch
+        self.spec = spec
+        self.make_fetcher = make_fetcher or (lambda: ImageFetcher(fetch))
+        self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="tis-decode")
+        self.fetcher: ImageFetcher | None = None
+
+    async def from_source(self, source: ImageSource) -> np.ndarray:
+        if self.fetcher is None:
+            self.fetcher = self.make_fetcher()
+        return await self.from_bytes(await self.fetcher.fetch(source))
+
+    async def from_bytes(self, data: bytes) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.decoder, bytes_to_pixels, data, self.spec, self.fetch.max_pixels)
+
+    async def close(self) -> None:
+        if self.fetcher is not None:
+            await self.fetcher.close()
+        self.decoder.shutdown(wait=False)

@@ -1,0 +1,290 @@
+"""Ray Serve wiring: the shared `ClipScorer` behind a FastAPI ingress.
+
+Pairs from many requests are batched together by ``@serve.batch`` (size and wait
+set by ``user_config`` and changed live by ``reconfigure``). Images are fetched
+only over http(s) and only from public addresses unless an allowlist says
+otherwise (see `netguard`). Deployed by ``tis-ray serve`` or by ``serve deploy``
+with the config files in ``deploy/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import metrics
+
+from . import __version__, errors
+from .config import FetchConfig, ModelConfig
+from .errors import RowError
+from .fetch import ImageFetcher
+from .http_api import MAX_CAPTION_CHARS, ModelInfo, Pair, PairResult, ScoreRequest, ScoreResponse
+from .netguard import AddressPolicy, guarded_fetcher_parts
+from .prepare import ImagePreparer
+from .records import check_caption
+from .scorer import ClipScorer
+from .scoring import similarity_from_cosine
+from .sources import classify_image_ref
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(
+    title="tis-ray",
+    version=__version__,
+    description="How well does a caption describe an image? CLIP similarity in [0, 1], per pair.",
+)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_pairs: int = 256
+    max_body_bytes: int = 32 * 1024 * 1024
+
+
+class RequestRejected(Exception):
+    """A whole request refused with a 4xx; each ``detail`` item names a field (``loc``) and why."""
+
+    def __init__(self, status: int, detail: list[dict]):
+        self.status, self.detail = status, detail
+
+    @classmethod
+    def at(cls, status: int, loc: list[str], msg: str, kind: str) -> RequestRejected:
+        return cls(status, [{"loc": loc, "msg": msg, "type": kind}])
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"detail": self.detail}, status_code=self.status)
+
+
+def _openapi() -> dict:
+    """FastAPI's schema, plus `ScoreRequest`: /v1/score reads its body itself (to cap its size)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        request_schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request_schema.pop("$defs", {}))
+        components["ScoreRequest"] = request_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi
+
+
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(app)
+class ScoringService:
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        allow_hosts: tuple[str, ...] = (),
+        api_key: str | None = None,
+        fetch: FetchConfig | None = None,
+        limits: ServiceLimits | None = None,
+    ):
+        self.scorer = ClipScorer(ModelConfig(model=model, device=device, dtype=dtype))
+        self.fetch = fetch or FetchConfig()
+        self.limits = limits or ServiceLimits()
+        policy = AddressPolicy.from_strings(allow_hosts)
+        self.preparer = ImagePreparer(
+            self.fetch,
+            self.scorer.preprocess,
+            make_fetcher=lambda: ImageFetcher(self.fetch, *guarded_fetcher_parts(policy, self.fetch)),
+        )
+        self.api_key = api_key
+        self.batch_settings = {"max_batch_size": 32, "batch_wait_ms": 10.0}
+        self.pairs_scored = metrics.Counter("tis_pairs_scored", description="Pairs scored successfully.")
+        self.pair_errors = metrics.Counter(
+            "tis_pair_errors", description="Pairs that could not be scored, by error kind.", tag_keys=("kind",)
+        )
+        self.batch_sizes = metrics.Histogram(
+            "tis_batch_size", description="Pairs per model call.", boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256]
+        )
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Batch size and wait, from the deployment's ``user_config``; applied live."""
+        unknown = set(user_config) - set(self.batch_settings)
+        if unknown:
+            raise ValueError(f"unknown user_config keys: {', '.join(sorted(unknown))}")
+        self.batch_settings.update(user_config)
+        self._score_batch.set_max_batch_size(int(self.batch_settings["max_batch_size"]))
+        self._score_batch.set_batch_wait_timeout_s(float(self.batch_settings["batch_wait_ms"]) / 1000)
+
+    @app.get("/healthz")
+    def healthz(self) -> dict:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(self) -> dict:
+        """The model is loaded (a replica serves only once its constructor has loaded it)."""
+        return {"status": "ready", "model": self.scorer.model_id}
+
+    @app.get("/v1/model", response_model=ModelInfo)
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            model=self.scorer.model_id,
+            device=self.scorer.device,
+            dtype=self.scorer.dtype_name,
+            max_pairs=self.limits.max_pairs,
+            max_body_bytes=self.limits.max_body_bytes,
+            max_caption_chars=MAX_CAPTION_CHARS,
+            max_image_bytes=self.fetch.max_bytes,
+            max_batch_size=int(self.batch_settings["max_batch_size"]),
+            batch_wait_ms=float(self.batch_settings["batch_wait_ms"]),
+        )
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}}},
+            "responses": {"401": {"description": "API key missing or wrong"}, "413": {"description": "body too large"},
+                          "422": {"description": "malformed request; `detail` names the field"}},
+        },
+    )
+    async def score(self, request: Request):
+        """Score each pair; a pair that cannot be scored gets an error, the others are scored."""
+        started = time.monotonic()
+        try:
+            self._check_api_key(request)
+            body = await self._read_body(request)
+            pairs = self._parse(body)
+        except RequestRejected as rejected:
+            return rejected.response()
+        results = await asyncio.gather(*(self._score_pair(pair) for pair in pairs))
+        failed = sum(1 for r in results if r.error)
+        logger.info("scored %d pairs (%d errors) in %.0f ms", len(results), failed, 1000 * (time.monotonic() - started))
+        return ScoreResponse(model=self.scorer.model_id, results=results)
+
+    def _check_api_key(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise RequestRejected.at(
+                401, ["header", "Authorization"], "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                "unauthorized",
+            )
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestRejected.at(413, ["body"], f"the body is over {limit} bytes", "too_large")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestRejected.at(413, ["body"], f"the body is over {limit} bytes", "too_large")
+        return bytes(body)
+
+    def _parse(self, body: bytes) -> list[Pair]:
+        try:
+            parsed = ScoreRequest.model_validate_json(body)
+        except ValidationError as exc:
+            detail = jsonable_encoder(exc.errors(include_url=False, include_context=False, include_input=False))
+            for item in detail:
+                item["loc"] = ["body", *item["loc"]]
+            raise RequestRejected(422, detail) from None
+        if len(parsed.pairs) > self.limits.max_pairs:
+            raise RequestRejected.at(
+                422, ["body", "pairs"], f"{len(parsed.pairs)} pairs is over the limit of {self.limits.max_pairs}",
+                "too_many",
+            )
+        return parsed.pairs
+
+    async def _score_pair(self, pair: Pair) -> PairResult:
+        try:
+            caption = check_caption(pair.caption)
+            pixels = await self._pixels(pair)
+            cosine = await self._score_batch((pixels, caption))
+        except RowError as error:
+            self.pair_errors.inc(tags={"kind": error.kind})
+            return PairResult(error=str(error))
+        except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
+            self.pair_errors.inc(tags={"kind": errors.INTERNAL_ERROR})
+            return PairResult(error=f"{errors.INTERNAL_ERROR}: {type(exc).__name__}: {exc}")
+        self.pairs_scored.inc()
+        return PairResult(similarity=float(similarity_from_cosine(np.float32(cosine))), cosine=float(cosine))
+
+    async def _pixels(self, pair: Pair) -> np.ndarray:
+        if pair.image_bytes is not None:
+            return await self.preparer.from_bytes(pair.image_bytes)
+        source = classify_image_ref(pair.image_url, base_dir="/")
+        if source.kind != "http":
+            raise RowError(errors.UNSUPPORTED_SCHEME, "the service fetches only http and https URLs")
+        return await self.preparer.from_source(source)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[float]:
+        self.batch_sizes.observe(len(items))
+        pixels = np.stack([pixels for pixels, _ in items])
+        result = await asyncio.to_thread(self.scorer.score, pixels, [caption for _, caption in items])
+        return [float(c) for c in result.cosine]
+
+
+APP_ARGS = ("model", "device", "dtype", "allow_hosts", "max_pairs", "max_body_bytes", "timeout_s", "max_image_bytes")
+
+
+def service_options(args: dict) -> dict:
+    """`ScoringService` constructor arguments from the app's ``args`` (see `build_app`)."""
+    unknown = set(args) - set(APP_ARGS)
+    if unknown:
+        raise ValueError(f"unknown tis-ray app args: {', '.join(sorted(unknown))} (known: {', '.join(APP_ARGS)})")
+    fetch, limits = FetchConfig(), ServiceLimits()
+    return dict(
+        model=args.get("model", ModelConfig().model),
+        device=args.get("device", "auto"),
+        dtype=args.get("dtype", "auto"),
+        allow_hosts=tuple(args.get("allow_hosts") or ()),
+        api_key=os.environ.get("TIS_API_KEY") or None,
+        fetch=FetchConfig(timeout_s=float(args.get("timeout_s", fetch.timeout_s)),
+                          max_bytes=int(args.get("max_image_bytes", fetch.max_bytes))),
+        limits=ServiceLimits(max_pairs=int(args.get("max_pairs", limits.max_pairs)),
+                             max_body_bytes=int(args.get("max_body_bytes", limits.max_body_bytes))),
+    )
+
+
+def build_app(args: dict, user_config: dict | None = None) -> serve.Application:
+    """The application for ``serve run`` / ``serve deploy`` (``import_path: tis_ray.serve:build_app``).
+
+    ``args`` are `APP_ARGS`; the API key comes from ``TIS_API_KEY`` where the app is built.
+    """
+    deployment = ScoringService.options(user_config=user_config) if user_config else ScoringService
+    return deployment.bind(**service_options(args))
+
+
+def run_foreground(args: dict, *, host: str, port: int, max_batch_size: int, batch_wait_ms: float) -> None:
+    """Serve on host:port until Ctrl-C or SIGTERM, then shut Serve down cleanly."""
+    serve.start(http_options={"host": host, "port": port})
+    application = build_app(args, {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms})
+    serve.run(application, name="tis-ray", route_prefix="/")
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"tis-ray serving {args.get('model')} at http://{host}:{port} (docs at /docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("tis-ray: shutting down", flush=True)
+    finally:
+        serve.shutdown()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
