@@ -63,9 +63,9 @@ def test_unreachable_hub_model_says_how_to_run_offline(tmp_path):
 
 def test_demo_on_the_bundled_example_with_embedded_local_ray(tmp_path, tiny_model):
     out = tmp_path / "scored.csv"
-    # No cluster given: the command starts its own local Ray. The model comes from
+    # RAY_ADDRESS=local: the command starts its own local Ray. The model comes from
     # TIS_MODEL, the override the README's demo command documents for offline use.
-    env = {"RAY_ADDRESS": "", "TIS_MODEL": tiny_model}
+    env = {"RAY_ADDRESS": "local", "TIS_MODEL": tiny_model}
     result = run_cli("score", str(REPO / "examples" / "pairs.csv"), "-o", str(out), "--dtype", "float32", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     table = read_output(out)

@@ -7,7 +7,6 @@ otherwise (see `netguard`). Deployed by ``tis-ray serve`` or by ``serve deploy``
 with the config files in ``deploy/``.
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -59,7 +58,7 @@ class RequestRejected(Exception):
         self.status, self.detail = status, detail
 
     @classmethod
-    def at(cls, status: int, loc: list[str], msg: str, kind: str) -> RequestRejected:
+    def at(cls, status: int, loc: list[str], msg: str, kind: str) -> "RequestRejected":
         return cls(status, [{"loc": loc, "msg": msg, "type": kind}])
 
     def response(self) -> JSONResponse:
@@ -261,19 +260,20 @@ def service_options(args: dict) -> dict:
     )
 
 
-def build_app(args: dict, user_config: dict | None = None) -> serve.Application:
+def build_app(args: dict) -> serve.Application:
     """The application for ``serve run`` / ``serve deploy`` (``import_path: tis_ray.serve:build_app``).
 
     ``args`` are `APP_ARGS`; the API key comes from ``TIS_API_KEY`` where the app is built.
+    Batch size and wait come from the deployment's ``user_config`` in the same file.
     """
-    deployment = ScoringService.options(user_config=user_config) if user_config else ScoringService
-    return deployment.bind(**service_options(args))
+    return ScoringService.bind(**service_options(args))
 
 
 def run_foreground(args: dict, *, host: str, port: int, max_batch_size: int, batch_wait_ms: float) -> None:
     """Serve on host:port until Ctrl-C or SIGTERM, then shut Serve down cleanly."""
     serve.start(http_options={"host": host, "port": port})
-    application = build_app(args, {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms})
+    user_config = {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms}
+    application = ScoringService.options(user_config=user_config).bind(**service_options(args))
     serve.run(application, name="tis-ray", route_prefix="/")
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"tis-ray serving {args.get('model')} at http://{host}:{port} (docs at /docs); Ctrl-C stops", flush=True)

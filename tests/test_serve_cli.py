@@ -1,0 +1,128 @@
+"""The service as an operator runs it: `tis-ray serve` in the foreground, and the
+shipped Serve config deployed with the real `serve deploy` to a `ray start` head."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, free_port
+from reference import reference_similarities
+from tis_ray.errors import error_kind
+
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", **extra}
+
+
+def _post(url: str, payload: dict, timeout: float = 60):
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read())
+
+
+def _wait_for(url: str, payload: dict, seconds: float, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + seconds
+    while True:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{process.stdout.read()[-3000:]}")
+        try:
+            return _post(url, payload)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_tis_ray_serve_answers_and_stops_on_ctrl_c(tiny_model, image_server, photos):
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "tis-ray"), "serve", "--model", tiny_model, "--device", "cpu", "--dtype", "float32",
+         "--port", str(port), "--allow-hosts", "localhost"],
+        env=_env(RAY_ADDRESS="local"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        image_port = image_server.httpd.server_address[1]
+        payload = {"pairs": [
+            {"image_url": f"http://localhost:{image_port}/photo/chelsea.jpg", "caption": "a cat"},
+            {"image_url": f"http://127.0.0.1:{image_port}/photo/chelsea.jpg?not-allowed", "caption": "a cat"},
+            {"image_url": "http://169.254.169.254/latest/meta-data/", "caption": "cloud metadata"},
+        ]}
+        status, body = _wait_for(f"http://127.0.0.1:{port}/v1/score", payload, 180, process)
+        assert status == 200
+        want = reference_similarities(tiny_model, [photos["chelsea"]], ["a cat"])[0]
+        assert abs(body["results"][0]["similarity"] - want) <= 1e-4
+        # Refused by the address check before any connection (the literal is never dialled).
+        assert [error_kind(r["error"]) for r in body["results"][1:]] == ["blocked_address", "blocked_address"]
+        assert "/photo/chelsea.jpg?not-allowed" not in image_server.requests
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert "shutting down" in output
+
+
+@pytest.fixture()
+def ray_head(tmp_path):
+    """A real head started with `ray start --block` on loopback, stopped by killing that command."""
+    gcs, dashboard = free_port(), free_port()
+    process = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--num-cpus=2", "--disable-usage-stats"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=5):
+                break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"ray start failed:\n{process.stdout.read()[-3000:]}")
+            time.sleep(1)
+    yield {"dashboard": address, "gcs": f"127.0.0.1:{gcs}"}
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_shipped_serve_config_deploys_with_serve_deploy(ray_head, tiny_model, photos, tmp_path):
+    config = yaml.safe_load((REPO / "deploy" / "serve-cpu.yaml").read_text())
+    http_port = free_port()
+    config["http_options"]["port"] = http_port
+    app = config["applications"][0]
+    app["args"]["model"] = tiny_model  # the offline stand-in for the hub model
+    app["args"]["dtype"] = "float32"
+    app["deployments"][0]["ray_actor_options"]["num_cpus"] = 0.5
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    deploy = subprocess.run([str(BIN / "serve"), "deploy", str(path), "-a", ray_head["dashboard"]],
+                            env=_env(), capture_output=True, text=True, timeout=120)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    image = base64.b64encode(photos["coffee"].read_bytes()).decode()
+    status, body = _wait_for(f"http://127.0.0.1:{http_port}/v1/score",
+                             {"pairs": [{"image_base64": image, "caption": "a cup of coffee"}]}, 180)
+    assert status == 200
+    want = reference_similarities(tiny_model, [photos["coffee"]], ["a cup of coffee"])[0]
+    assert abs(body["results"][0]["similarity"] - want) <= 1e-4
+    state = subprocess.run([str(BIN / "serve"), "status", "-a", ray_head["dashboard"]],
+                           env=_env(), capture_output=True, text=True, timeout=60)
+    assert "RUNNING" in state.stdout, state.stdout + state.stderr
