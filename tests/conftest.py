@@ -179,7 +179,8 @@ def local_ray(ray_metrics_port):
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _metrics_export_port=ray_metrics_port,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             _metrics_export_port=ray_metrics_port,
              _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()

@@ -394,3 +394,36 @@ def test_odd_spellings_of_loopback_are_refused_without_connecting(loopback, spel
     result = fetch(f"http://{spelling}:{loopback.port}/photo/chelsea.jpg")
     assert_blocked(result, "127.0.0.1")
     assert loopback.connections == 0 and loopback.requests == []
+
+
+def test_allowlist_only_refuses_public_addresses_and_unlisted_names_without_lookup():
+    policy = AddressPolicy.from_strings(["127.0.0.0/8", "images.internal"], allowlist_only=True)
+    policy.check_ip(ipaddress.ip_address("127.0.0.1"), "127.0.0.1")
+    policy.check_host_name("images.internal")
+    with pytest.raises(RowError, match="not on the allowlist") as refused:
+        policy.check_ip(ipaddress.ip_address("8.8.8.8"), "8.8.8.8")
+    assert refused.value.kind == errors.BLOCKED_ADDRESS
+    with pytest.raises(RowError, match="not on the allowlist"):
+        policy.check_host_name("example.com")
+    AddressPolicy.from_strings(["127.0.0.0/8"]).check_host_name("example.com")  # default mode: left to the resolver
+
+    seen: list[str] = []
+
+    class SpyResolver(AbstractResolver):
+        async def resolve(self, host, port=0, family=socket.AF_INET):
+            seen.append(host)
+            return []
+
+        async def close(self):
+            pass
+
+    async def check():
+        url_check, connector = guarded_fetcher_parts(policy, FetchConfig(), SpyResolver())
+        try:
+            with pytest.raises(RowError, match="not on the allowlist"):
+                await url_check(yarl.URL("http://public.example/x.jpg"))
+        finally:
+            await connector.close()
+
+    asyncio.run(check())
+    assert seen == []

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_NETWORK",
                        help="host names, IPs or CIDR networks the service may fetch from even though they are "
                             "private or loopback (by default only public addresses are fetched)")
+    serve.add_argument("--allowlist-only", action="store_true",
+                       help="fetch only from --allow-hosts, public addresses included (no other lookups)")
     serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="pairs per model call, across requests")
     serve.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
     serve.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
@@ -104,7 +106,8 @@ def run_serve(args: argparse.Namespace) -> int:
     load_preprocess_spec(args.model)  # a bad model is one clear line, before Serve starts
     connect(args.address)
     run_foreground(
-        {"model": args.model, "device": args.device, "dtype": args.dtype, "allow_hosts": args.allow_hosts},
+        {"model": args.model, "device": args.device, "dtype": args.dtype, "allow_hosts": args.allow_hosts,
+         "allowlist_only": args.allowlist_only},
         host=args.host, port=args.port, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
     )
     return 0

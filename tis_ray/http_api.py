@@ -8,35 +8,55 @@ image) are per-item errors in a 200 response.
 from __future__ import annotations
 
 import base64
-import binascii
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
 
 MAX_CAPTION_CHARS = 10_000
 
 
-class Pair(BaseModel):
-    """One image (by URL or inline base64) and its caption."""
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+class UrlPair(BaseModel):
+    """An image by http(s) URL, and its caption."""
 
     model_config = ConfigDict(extra="forbid")
 
-    image_url: str | None = Field(None, max_length=8192, description="http(s) URL of the image")
-    image_base64: str | None = Field(None, description="the image file's bytes, base64-encoded")
+    image_url: str = Field(..., max_length=8192, description="http(s) URL of the image")
     caption: str = Field(..., max_length=MAX_CAPTION_CHARS)
 
-    _image_bytes: bytes | None = PrivateAttr(None)  # decoded once, by validation
+    @property
+    def image_bytes(self) -> None:
+        return None
+
+
+class Base64Pair(BaseModel):
+    """An image sent inline (its file's bytes, standard padded base64), and its caption."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: str = Field(..., pattern=BASE64_PATTERN, description="the image file's bytes, base64 (RFC 4648, padded)")
+    caption: str = Field(..., max_length=MAX_CAPTION_CHARS)
+    _image_bytes: bytes = PrivateAttr(b"")  # decoded once, by validation
 
     @model_validator(mode="after")
-    def _one_image(self) -> Pair:
-        if (self.image_url is None) == (self.image_base64 is None):
-            raise ValueError("give exactly one of image_url or image_base64")
-        if self.image_base64 is not None:
-            self._image_bytes = decode_base64(self.image_base64)
+    def _decode(self) -> Base64Pair:
+        self._image_bytes = base64.b64decode(self.image_base64, validate=True)
         return self
 
     @property
-    def image_bytes(self) -> bytes | None:
+    def image_bytes(self) -> bytes:
         return self._image_bytes
+
+
+def _pair_kind(value) -> str:
+    return "base64" if isinstance(value, dict) and "image_base64" in value else "url"
+
+
+Pair = Annotated[
+    Annotated[UrlPair, Tag("url")] | Annotated[Base64Pair, Tag("base64")], Discriminator(_pair_kind)
+]
 
 
 class ScoreRequest(BaseModel):
@@ -66,12 +86,3 @@ class ModelInfo(BaseModel):
     max_image_bytes: int
     max_batch_size: int
     batch_wait_ms: float
-
-
-def decode_base64(value: str) -> bytes:
-    """Strict base64 (standard alphabet, padding optional); ValueError if it is not."""
-    text = "".join(value.split())
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("image_base64 is not valid base64") from None

@@ -161,6 +161,7 @@ class AddressPolicy:
     """
 
     allow: tuple[str, ...] = ()
+    allowlist_only: bool = False  # refuse everything not on the allowlist, public addresses too
     _names: frozenset[str] = field(init=False, repr=False, compare=False)
     _networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
 
@@ -179,9 +180,14 @@ class AddressPolicy:
         object.__setattr__(self, "_networks", tuple(networks))
 
     @classmethod
-    def from_strings(cls, entries: Iterable[str]) -> AddressPolicy:
+    def from_strings(cls, entries: Iterable[str], allowlist_only: bool = False) -> AddressPolicy:
         """From config or CLI values: entries are stripped, blank ones dropped."""
-        return cls(tuple(e.strip() for e in entries if e.strip()))
+        return cls(tuple(e.strip() for e in entries if e.strip()), allowlist_only)
+
+    def check_host_name(self, host: str) -> None:
+        """In allowlist-only mode, refuse a name not on the list before it is even looked up."""
+        if self.allowlist_only and _name_key(host) not in self._names:
+            raise RowError(BLOCKED_ADDRESS, f"{host} is not on the allowlist")
 
     def check_ip(self, ip: IPAddress, host: str) -> None:
         """Raise `RowError` (blocked_address) unless `host` may connect to `ip`."""
@@ -189,6 +195,8 @@ class AddressPolicy:
             return
         if any(ip.version == net.version and ip in net for net in self._networks):
             return
+        if self.allowlist_only:
+            raise RowError(BLOCKED_ADDRESS, f"{host} ({ip}) is not on the allowlist")
         reason = blocked_reason(ip)
         if reason is not None:
             raise RowError(BLOCKED_ADDRESS, f"{host} resolves to {ip}, a {reason} address")
@@ -241,7 +249,9 @@ def make_url_check(policy: AddressPolicy) -> UrlCheck:
         if not host:
             raise RowError(INVALID_URL, f"{url} has no host")
         ip = parse_ip_host(host)
-        if ip is not None:
+        if ip is None:
+            policy.check_host_name(host)
+        else:
             policy.check_ip(ip, host)
 
     return url_check

@@ -9,6 +9,7 @@ with the config files in ``deploy/``.
 
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -65,21 +66,27 @@ class RequestRejected(Exception):
         return JSONResponse({"detail": self.detail}, status_code=self.status)
 
 
-def _openapi() -> dict:
-    """FastAPI's schema, plus `ScoreRequest`: /v1/score reads its body itself (to cap its size)."""
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
+def _openapi(served: FastAPI, max_pairs: int) -> dict:
+    """FastAPI's schema, plus `ScoreRequest` with this replica's pair limit.
 
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        request_schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(request_schema.pop("$defs", {}))
-        components["ScoreRequest"] = request_schema
-        app.openapi_schema = schema
-    return app.openapi_schema
+    /v1/score reads its body itself (to cap its size), so FastAPI does not see the model.
+    """
+    from fastapi.openapi.utils import get_openapi
+
+    if served.openapi_schema is not None:
+        return served.openapi_schema
+    schema = get_openapi(title=served.title, version=served.version, description=served.description,
+                         routes=served.routes)
+    request_schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    request_schema["properties"]["pairs"]["maxItems"] = max_pairs
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(request_schema.pop("$defs", {}))
+    components["ScoreRequest"] = request_schema
+    served.openapi_schema = schema
+    return schema
 
 
-app.openapi = _openapi
+app.openapi = functools.partial(_openapi, app, ServiceLimits().max_pairs)
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -91,6 +98,7 @@ class ScoringService:
         device: str = "auto",
         dtype: str = "auto",
         allow_hosts: tuple[str, ...] = (),
+        allowlist_only: bool = False,
         api_key: str | None = None,
         fetch: FetchConfig | None = None,
         limits: ServiceLimits | None = None,
@@ -98,7 +106,10 @@ class ScoringService:
         self.scorer = ClipScorer(ModelConfig(model=model, device=device, dtype=dtype))
         self.fetch = fetch or FetchConfig()
         self.limits = limits or ServiceLimits()
-        policy = AddressPolicy.from_strings(allow_hosts)
+        # `app` here is the replica's own copy (Serve pickles the ingress class by value).
+        app.openapi_schema = None
+        app.openapi = functools.partial(_openapi, app, self.limits.max_pairs)
+        policy = AddressPolicy.from_strings(allow_hosts, allowlist_only)
         self.preparer = ImagePreparer(
             self.fetch,
             self.scorer.preprocess,
@@ -238,7 +249,7 @@ class ScoringService:
         return [float(c) for c in result.cosine]
 
 
-APP_ARGS = ("model", "device", "dtype", "allow_hosts", "max_pairs", "max_body_bytes", "timeout_s", "max_image_bytes")
+APP_ARGS = ("model", "device", "dtype", "allow_hosts", "allowlist_only", "max_pairs", "max_body_bytes", "timeout_s", "max_image_bytes")
 
 
 def service_options(args: dict) -> dict:
@@ -252,6 +263,7 @@ def service_options(args: dict) -> dict:
         device=args.get("device", "auto"),
         dtype=args.get("dtype", "auto"),
         allow_hosts=tuple(args.get("allow_hosts") or ()),
+        allowlist_only=bool(args.get("allowlist_only", False)),
         api_key=os.environ.get("TIS_API_KEY") or None,
         fetch=FetchConfig(timeout_s=float(args.get("timeout_s", fetch.timeout_s)),
                           max_bytes=int(args.get("max_image_bytes", fetch.max_bytes))),
@@ -270,14 +282,15 @@ def build_app(args: dict) -> serve.Application:
 
 
 def run_foreground(args: dict, *, host: str, port: int, max_batch_size: int, batch_wait_ms: float) -> None:
-    """Serve on host:port until Ctrl-C or SIGTERM, then shut Serve down cleanly."""
-    serve.start(http_options={"host": host, "port": port})
-    user_config = {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms}
-    application = ScoringService.options(user_config=user_config).bind(**service_options(args))
-    serve.run(application, name="tis-ray", route_prefix="/")
+    """Serve on host:port until Ctrl-C or SIGTERM (even during start-up), then shut Serve down."""
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"tis-ray serving {args.get('model')} at http://{host}:{port} (docs at /docs); Ctrl-C stops", flush=True)
+    user_config = {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms}
     try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(ScoringService.options(user_config=user_config).bind(**service_options(args)),
+                  name="tis-ray", route_prefix="/")
+        print(f"tis-ray serving {args.get('model')} at http://{host}:{port} (docs at /docs); Ctrl-C stops",
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
