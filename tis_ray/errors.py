@@ -16,23 +16,15 @@ CONNECTION_ERROR = "connection_error"
 TOO_MANY_REDIRECTS = "too_many_redirects"
 TOO_LARGE = "too_large"
 DECODE_ERROR = "decode_error"
-UNSUPPORTED_FORMAT = "unsupported_format"
 DECOMPRESSION_BOMB = "decompression_bomb"
 EMPTY_CAPTION = "empty_caption"
 MISSING_IMAGE = "missing_image"
 BLOCKED_ADDRESS = "blocked_address"
 INTERNAL_ERROR = "internal_error"  # a bug in tis-ray or a library; the row is kept and reported
 
-# Kinds worth trying again later: the input may be fine, the network was not.
-RETRYABLE_KINDS = frozenset({TIMEOUT, CONNECTION_ERROR})
-
 
 def http_kind(status: int) -> str:
     return f"http_{status}"
-
-
-def is_retryable(kind: str) -> bool:
-    return kind in RETRYABLE_KINDS or kind == "http_429" or kind.startswith("http_5")
 
 
 class RowError(Exception):

@@ -27,7 +27,6 @@ PIXELS = "__tis_pixels"
 FETCH_ERROR = "__tis_fetch_error"
 TRUNCATED = "__tis_truncated"
 RUNTIME = "__tis_runtime"
-INTERNAL_COLUMNS = (PIXELS, FETCH_ERROR, TRUNCATED, RUNTIME)
 
 
 class FetchStage:
