@@ -145,6 +145,8 @@ def test_score_dataset_composes_with_user_pipelines(local_ray, image_server, mod
         [{"img": image_server.url(f"photo/{n}.jpg"), "cap": n, "n": i} for i, n in enumerate(["chelsea", "coffee"] * 5)]
     )
     scored = score_dataset(ds, image_column="img", caption_column="cap", model=model, fetch=FAST_FETCH)
+    # Order is a property of the dataset's own context (copied at creation), not of the current one.
+    assert scored.context.execution_options.preserve_order
     rows = scored.filter(lambda r: r["error"] is None).take_all()
     assert [r["n"] for r in rows] == list(range(10))
     assert set(rows[0]) == {"img", "cap", "n", "similarity", "error"}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import ray
-from ray.data import ActorPoolStrategy, DataContext, Dataset
+from ray.data import ActorPoolStrategy, Dataset
 
 from .config import FetchConfig, ModelConfig, PipelineConfig
 from .preprocess import PreprocessSpec
@@ -77,7 +77,9 @@ def add_scores(
     pipeline: PipelineConfig,
 ) -> Dataset:
     """Append ``similarity`` (and ``cosine``), ``error`` and the internal summary columns."""
-    DataContext.get_current().execution_options.preserve_order = True
+    # Each Dataset carries the DataContext copied when it was created (here, at read
+    # time), so order is asked for on the dataset itself, not on the current context.
+    ds.context.execution_options.preserve_order = True
     plan = plan_pools(model, pipeline, ray.cluster_resources())
     fetched = ds.map_batches(
         FetchStage,
