@@ -7,7 +7,14 @@ import os
 import sys
 
 from . import __version__
-from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
+from .config import (
+    DEFAULT_MODEL,
+    SERVE_BATCH_WAIT_MS,
+    SERVE_MAX_BATCH_SIZE,
+    FetchConfig,
+    ModelConfig,
+    PipelineConfig,
+)
 from .loading import ModelLoadError
 from .records import InputError
 
@@ -55,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "private or loopback (by default only public addresses are fetched)")
     serve.add_argument("--allowlist-only", action="store_true",
                        help="fetch only from --allow-hosts, public addresses included (no other lookups)")
-    serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="pairs per model call, across requests")
-    serve.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
+    serve.add_argument("--max-batch-size", type=_positive_int, default=SERVE_MAX_BATCH_SIZE,
+                       help="pairs per model call, across requests")
+    serve.add_argument("--batch-wait-ms", type=float, default=SERVE_BATCH_WAIT_MS, help="longest wait to fill a batch")
     serve.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     serve.set_defaults(run=run_serve)
     return parser

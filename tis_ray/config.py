@@ -11,6 +11,11 @@ Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
+# Online batching across requests: the defaults of `tis-ray serve` and its deployment.
+SERVE_MAX_BATCH_SIZE = 32
+SERVE_BATCH_WAIT_MS = 10.0
+
+
 @dataclass(frozen=True)
 class FetchConfig:
     """How images are fetched and decoded."""

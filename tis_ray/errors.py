@@ -38,6 +38,11 @@ class RowError(Exception):
     def __str__(self) -> str:
         return f"{self.kind}: {self.detail}"
 
+    @classmethod
+    def internal(cls, exc: Exception) -> RowError:
+        """An unexpected exception, kept as one row's error so hostile input never costs the job."""
+        return cls(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
 
 def error_kind(error: str | None) -> str | None:
     """The kind part of an ``error`` column value (``"http_404: Not Found"`` -> ``"http_404"``)."""

@@ -26,7 +26,7 @@ from ray import serve
 from ray.serve import metrics
 
 from . import __version__, errors
-from .config import FetchConfig, ModelConfig
+from .config import SERVE_BATCH_WAIT_MS, SERVE_MAX_BATCH_SIZE, FetchConfig, ModelConfig
 from .errors import RowError
 from .fetch import ImageFetcher
 from .http_api import MAX_CAPTION_CHARS, ModelInfo, Pair, PairResult, ScoreRequest, ScoreResponse
@@ -116,7 +116,7 @@ class ScoringService:
             make_fetcher=lambda: ImageFetcher(self.fetch, *guarded_fetcher_parts(policy, self.fetch)),
         )
         self.api_key = api_key
-        self.batch_settings = {"max_batch_size": 32, "batch_wait_ms": 10.0}
+        self.batch_settings = {"max_batch_size": SERVE_MAX_BATCH_SIZE, "batch_wait_ms": SERVE_BATCH_WAIT_MS}
         self.pairs_scored = metrics.Counter("tis_pairs_scored", description="Pairs scored successfully.")
         self.pair_errors = metrics.Counter(
             "tis_pair_errors", description="Pairs that could not be scored, by error kind.", tag_keys=("kind",)
@@ -224,12 +224,10 @@ class ScoringService:
             caption = check_caption(pair.caption)
             pixels = await self._pixels(pair)
             cosine = await self._score_batch((pixels, caption))
-        except RowError as error:
+        except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
+            error = exc if isinstance(exc, RowError) else RowError.internal(exc)
             self.pair_errors.inc(tags={"kind": error.kind})
             return PairResult(error=str(error))
-        except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
-            self.pair_errors.inc(tags={"kind": errors.INTERNAL_ERROR})
-            return PairResult(error=f"{errors.INTERNAL_ERROR}: {type(exc).__name__}: {exc}")
         self.pairs_scored.inc()
         return PairResult(similarity=float(similarity_from_cosine(np.float32(cosine))), cosine=float(cosine))
 
@@ -241,7 +239,7 @@ class ScoringService:
             raise RowError(errors.UNSUPPORTED_SCHEME, "the service fetches only http and https URLs")
         return await self.preparer.from_source(source)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=SERVE_MAX_BATCH_SIZE, batch_wait_timeout_s=SERVE_BATCH_WAIT_MS / 1000)
     async def _score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[float]:
         self.batch_sizes.observe(len(items))
         pixels = np.stack([pixels for pixels, _ in items])

@@ -14,7 +14,7 @@ import pyarrow as pa
 from ray.data.extensions import ArrowTensorArray
 
 from .config import FetchConfig, ModelConfig
-from .errors import INTERNAL_ERROR, RowError
+from .errors import RowError
 from .prepare import ImagePreparer
 from .preprocess import PreprocessSpec
 from .records import check_caption
@@ -66,7 +66,7 @@ class FetchStage:
         except RowError as error:
             return error
         except Exception as exc:  # noqa: BLE001 - hostile input must cost one row, not the job
-            return RowError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            return RowError.internal(exc)
 
 
 class ScoreStage:
