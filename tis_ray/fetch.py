@@ -159,7 +159,9 @@ async def _follow_redirects(
                 raise error
         except aiohttp.InvalidURL as exc:
             raise RowError(errors.INVALID_URL, str(exc)) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except aiohttp.ClientError as exc:
+            # Broken connections, and replies that break HTTP: aiohttp's parser reports a bad
+            # status line, bad headers or bytes beyond the Content-Length as ClientResponseError.
             raise _Retryable(RowError(errors.CONNECTION_ERROR, _describe(exc))) from None
     raise RowError(errors.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects} redirects")
 
@@ -205,7 +207,10 @@ def _retry_after(resp: aiohttp.ClientResponse, cfg: FetchConfig) -> float | None
     return min(max(seconds, 0.0), cfg.retry_after_cap_s)
 
 
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip()
+def _describe(exc: Exception, limit: int = 300) -> str:
+    """The exception in one short line: aiohttp quotes the bytes it could not parse, all of them."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
