@@ -75,6 +75,33 @@ def first_then(first: Behaviour, then: Behaviour, times: int = 1) -> Behaviour:
     return behaviour
 
 
+def delayed(seconds: float, then: Behaviour) -> Behaviour:
+    """`then`, after `seconds` of silence: a slow host."""
+    async def behaviour(ex: Exchange) -> bool:
+        await asyncio.sleep(seconds)
+        return await then(ex)
+    return behaviour
+
+
+class RateLimited:
+    """A strict host: a 429 (``Retry-After: window``) to the first request and to every
+    request inside the window that follows it; `then` after. Counts its refusals."""
+
+    def __init__(self, window_s: int, then: Behaviour):
+        self.window_s, self.then = window_s, then
+        self.refused = 0
+        self._penalty_until: float | None = None
+
+    async def __call__(self, ex: Exchange) -> bool:
+        now = time.monotonic()
+        if self._penalty_until is None:
+            self._penalty_until = now + self.window_s
+        if now < self._penalty_until:
+            self.refused += 1
+            return await ex.reply(429, b"slow down", "text/plain", {"Retry-After": str(self.window_s)})
+        return await self.then(ex)
+
+
 def redirect(to_route: str) -> Behaviour:
     """A 302 to another route of the same run."""
     async def behaviour(ex: Exchange) -> bool:
@@ -170,6 +197,7 @@ class FaultServer:
     def __init__(self, routes: dict[str, Behaviour]):
         self.routes = routes
         self.hits: Counter[str] = Counter()  # "<run>/<route>" -> requests
+        self.arrivals: list[tuple[float, str]] = []  # (time.monotonic(), "<run>/<route>"), in order
         self.hang_s: defaultdict[str, list[float]] = defaultdict(list)
         self.unknown: list[str] = []  # paths with no route: a client that mangled a URL
         self.loop = asyncio.new_event_loop()
@@ -217,6 +245,7 @@ class FaultServer:
         run, _, route = path.partition("/")
         key = f"{run}/{route}"
         self.hits[key] += 1
+        self.arrivals.append((time.monotonic(), key))
         behaviour = self.routes.get(route) or self.routes.get(route.split("/", 1)[0])
         if behaviour is None:
             self.unknown.append(target)
