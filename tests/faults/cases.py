@@ -121,6 +121,8 @@ CASES: tuple[FaultCase, ...] = (
               redirect_to("ftp://127.0.0.1/photo.jpg"), requests=1),
     FaultCase("invalid-url", "network", "'http://[::1' (unclosed bracket)", "invalid_url", image="http://[::1"),
     FaultCase("url-without-host", "network", "'http://'", "invalid_url", image="http://"),
+    FaultCase("url-bracket-before-at", "network", "'http://[::1]@/x.jpg' (crashed the URL parser)", "invalid_url",
+              image="http://[::1]@/x.jpg"),
     FaultCase("unsupported-scheme", "network", "an ftp:// URL", "unsupported_scheme",
               image="ftp://127.0.0.1/photo.jpg"),
     FaultCase("missing-image", "network", "an empty image cell", "missing_image", image=""),
