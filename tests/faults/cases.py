@@ -7,6 +7,7 @@ valid and must be scored like the reference scores the case's `Asset.visible`.
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -18,6 +19,7 @@ from .server import (
     chunked_forever,
     first_then,
     lying_length,
+    raw,
     redirect,
     redirect_chain,
     redirect_to,
@@ -82,6 +84,7 @@ def _caption(name: str, does: str, caption: str, expect: str | None) -> FaultCas
     return FaultCase(name, "caption", does, expect, caption=caption, **_photo())
 
 
+GZIP_BOMB = gzip.compress(b"\0" * 20_000_000, 9)
 OVER_CAP = b"\xff\xd8\xff\xe0" + b"\0" * 1_200_000  # over the suite's 1 MB cap
 
 CASES: tuple[FaultCase, ...] = (
@@ -112,6 +115,12 @@ CASES: tuple[FaultCase, ...] = (
               "connection_error", lying_length(assets.photo().data, len(assets.photo().data) + 5000), requests=2),
     FaultCase("length-shorter-than-body", "network", "Content-Length half the body; the rest follows it",
               "connection_error", lying_length(assets.photo().data, len(assets.photo().data) // 2), requests=2),
+    FaultCase("gzip-bomb", "network", "gzip Content-Encoding: 10 kB that inflate to 20 MB", "too_large",
+              reply(200, GZIP_BOMB, "image/jpeg", Content_Encoding="gzip")),
+    FaultCase("huge-header", "network", "a 200 with a 100 kB header line", "connection_error",
+              reply(200, assets.photo().data, "image/jpeg", X_Padding="x" * 100_000), requests=2),
+    FaultCase("not-http", "network", "answers 'SSH-2.0-OpenSSH_9.6' and closes", "connection_error",
+              raw(b"SSH-2.0-OpenSSH_9.6\r\n"), requests=2),
     FaultCase("redirect-chain", "network", "3 redirects, then the photo", None,
               redirect_chain(3, "photo.jpg"), assets.photo()),
     FaultCase("redirect-chain-too-long", "network", "6 redirects (the limit is 5)", "too_many_redirects",

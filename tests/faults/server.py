@@ -191,6 +191,15 @@ def chunked_forever(chunk: int = 65536) -> Behaviour:
     return behaviour
 
 
+def raw(data: bytes) -> Behaviour:
+    """Exactly `data` on the wire, then close: replies that are not HTTP at all."""
+    async def behaviour(ex: Exchange) -> bool:
+        ex.writer.write(data)
+        await ex.writer.drain()
+        return False
+    return behaviour
+
+
 class FaultServer:
     """Serves `routes` on 127.0.0.1 from its own thread and event loop."""
 

@@ -103,6 +103,24 @@ def serve_run(local_ray, model, fault_servers) -> Run:
 
 
 @pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, local_ray, tiny_model, fault_servers):
+    """`tis-ray score` on the caption cases, where CSV quoting matters, joined to the session's Ray."""
+    cases = [c for c in CASES if c.group == "caption"]
+    folder = tmp_path_factory.mktemp("faults-cli")
+    rows = write_cases_csv(folder / "captions.csv", cases, fault_servers, "cli")
+    started = time.monotonic()
+    result = run_cli("score", str(folder / "captions.csv"), "-o", str(folder / "scored.csv"), "--model", tiny_model,
+                     "--device", "cpu", "--dtype", "float32", "--timeout", "2", "--retries", "1",
+                     env={"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}, timeout=300)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = read_scored_csv(folder / "scored.csv")
+    run = Run("CLI (`tis-ray score`, caption cases)", len(rows), table.num_rows, seconds,
+              outcomes_of(cases, table.column("error").to_pylist(), table.column("similarity").to_pylist()))
+    return run, rows, table, result.stdout
+
+
+@pytest.fixture(scope="module")
 def reference(tiny_model) -> dict[str, float]:
     sims = reference_similarities(tiny_model, [c.asset.visible for c in SCORED], [c.caption for c in SCORED])
     return dict(zip((c.name for c in SCORED), sims))
@@ -117,7 +135,7 @@ def stayed_s(servers: FaultServers, case: FaultCase, run: str) -> list[float]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report(batch_run, serve_run, fault_servers):
+def report(batch_run, serve_run, cli_run, fault_servers):
     """After the module's tests: the figures, written where ``TIS_FAULT_REPORT`` says (or a temp folder)."""
     yield
     batch = batch_run[0]
@@ -128,7 +146,7 @@ def report(batch_run, serve_run, fault_servers):
                     {run: stayed_s(fault_servers, c, run) for run in ("batch", "serve")} if c.hangs else {})
         for c in CASES
     ]
-    folder = write_report(figures, [batch, serve_run], FETCH.timeout_s, HANG_BOUND_S)
+    folder = write_report(figures, [batch, serve_run, cli_run[0]], FETCH.timeout_s, HANG_BOUND_S)
     print(f"\nfault report: {folder}/faults.md and faults.json")
 
 
@@ -177,20 +195,17 @@ def test_urls_reach_the_server_as_written(batch_run, serve_run, fault_servers):
     assert fault_servers.main.unknown == [] and fault_servers.strict.unknown == []
 
 
-def test_cli_keeps_every_caption_byte_for_byte(tmp_path, local_ray, tiny_model, fault_servers, reference):
+def test_cli_keeps_every_caption_byte_for_byte(cli_run, reference):
+    run, rows, table, stdout = cli_run
     cases = [c for c in CASES if c.group == "caption"]
-    rows = write_cases_csv(tmp_path / "captions.csv", cases, fault_servers, "cli")
-    out = tmp_path / "captions.scored.csv"
-    result = run_cli("score", str(tmp_path / "captions.csv"), "-o", str(out), "--model", tiny_model,
-                     "--device", "cpu", "--dtype", "float32", "--timeout", "2", "--retries", "1",
-                     env={"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    table = read_scored_csv(out)
+    assert run.rows_out == run.rows_in == len(cases)
     assert table.column("caption").to_pylist() == [row[2] for row in rows]
     assert table.column("id").to_pylist() == [row[0] for row in rows]
-    for case, error, sim in zip(cases, table.column("error").to_pylist(), table.column("similarity").to_pylist()):
-        assert error_kind(error) == case.expect, (case.name, error)
+    for case in cases:
+        outcome = run.outcomes[case.name]
+        assert outcome.kind == case.expect, (case.name, outcome.error)
         if case.expect is None:
-            assert abs(sim - reference[case.name]) <= 1e-4, case.name
-    assert f"rows: {len(cases)}" in result.stdout
-    assert f"scored: {sum(1 for c in cases if c.expect is None)}" in result.stdout
+            assert abs(outcome.similarity - reference[case.name]) <= 1e-4, case.name
+    assert f"rows: {len(cases)}" in stdout
+    assert f"scored: {sum(1 for c in cases if c.expect is None)}" in stdout
+

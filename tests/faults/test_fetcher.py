@@ -42,7 +42,7 @@ async def gather_fetches(fetcher: ImageFetcher, *sources: ImageSource) -> list[b
 def servers():
     """Two hosts (127.0.0.1 on two ports): a strict one with a 1 s rate-limit window, a plain one."""
     strict_route = RateLimited(1, serves(assets.photo()))
-    strict = FaultServer({"img": strict_route, "slow": delayed(1.0, serves(assets.photo()))})
+    strict = FaultServer({"img": strict_route, "slow": delayed(0.5, serves(assets.photo()))})
     plain = FaultServer({"img": serves(assets.photo())})
     yield strict, plain, strict_route
     strict.close()
