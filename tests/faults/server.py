@@ -227,9 +227,18 @@ class FaultServer:
         return self.hits[f"{run}/{route}"]
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self._server.close)
+        """Stop listening, end the connections still open, then the loop."""
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        self.loop.close()
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        connections = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in connections:
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
