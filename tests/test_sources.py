@@ -100,6 +100,10 @@ def test_unsupported_schemes(value):
         "file://remotehost/x",
         "file://",
         "images/a\x00b.jpg",
+        "http://[]@",  # yarl 1.25 raises IndexError on it
+        "http://[::1]@/x.jpg",
+        "file://[",  # urlsplit raises ValueError on it
+        "file:///images/a%00b.jpg",  # open() would raise ValueError on the NUL
     ],
 )
 def test_invalid_urls(value):
@@ -130,3 +134,7 @@ def test_base_dir_of(tmp_path, monkeypatch):
 def test_relative_path_through_base_dir_of(tmp_path):
     base = base_dir_of(str(tmp_path / "pairs.csv"))
     assert classify_image_ref("img/x.jpg", base) == ImageSource("file", str(tmp_path / "img" / "x.jpg"))
+
+
+def test_relative_file_url_resolves_against_base_dir():
+    assert classify_image_ref("file:img/x.jpg", BASE) == ImageSource("file", os.path.join(BASE, "img", "x.jpg"))

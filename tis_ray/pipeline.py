@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
 from .config import FetchConfig, ModelConfig, PipelineConfig
 from .preprocess import PreprocessSpec
-from .records import input_format
+from .records import csv_read_options, input_format
 from .stages import FetchStage, ScoreStage
 
 # CPUs reserved per task or actor: small enough that a 2-core laptop fits Ray Data's
@@ -53,16 +52,8 @@ def read_records(path: str, schema: pa.Schema) -> Dataset:
     """The input file as a Dataset; CSV cells stay text exactly as written."""
     if input_format(path) == "parquet":
         return ray.data.read_parquet(path, num_cpus=READ_CPUS)
-    return ray.data.read_csv(
-        path,
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict(zip(schema.names, schema.types)),
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-        num_cpus=READ_CPUS,
-    )
+    parse_options, convert_options = csv_read_options(schema)
+    return ray.data.read_csv(path, parse_options=parse_options, convert_options=convert_options, num_cpus=READ_CPUS)
 
 
 def add_scores(

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import EMPTY_CAPTION, RowError
@@ -83,6 +84,22 @@ def input_schema(path: str, columns: list[str]) -> pa.Schema:
     if input_format(path) == "parquet":
         return pq.read_schema(path)
     return pa.schema([(name, pa.string()) for name in columns])
+
+
+def csv_read_options(schema: pa.Schema) -> tuple[pacsv.ParseOptions, pacsv.ConvertOptions]:
+    """How a CSV input is parsed: quoted fields may hold newlines, every cell stays the text written.
+
+    An empty cell is the empty string, never null: an empty caption is a row error
+    (`check_caption`), not a missing value.
+    """
+    return (
+        pacsv.ParseOptions(newlines_in_values=True),
+        pacsv.ConvertOptions(
+            column_types=dict(zip(schema.names, schema.types)),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
 
 
 def pick_columns(

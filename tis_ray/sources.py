@@ -43,7 +43,7 @@ def classify_image_ref(value: object, base_dir: str) -> ImageSource:
     if scheme in HTTP_SCHEMES:
         return ImageSource("http", _checked_http_url(ref))
     if scheme == "file":
-        return ImageSource("file", _file_url_path(ref))
+        return ImageSource("file", _file_url_path(ref, base_dir))
     raise RowError(UNSUPPORTED_SCHEME, f"'{scheme}' URLs are not supported (use http, https, file or a path)")
 
 
@@ -58,14 +58,14 @@ def _scheme_of(ref: str) -> str | None:
 
 
 def _checked_http_url(ref: str) -> str:
+    # yarl refuses what it cannot parse with ValueError, but a few hostile shapes make
+    # it fail otherwise ('http://[]@' raises IndexError in yarl 1.25); every one of
+    # them is the URL's fault, so every one is invalid_url, not a crash.
     try:
         url = yarl.URL(ref)
-    except (ValueError, TypeError) as exc:
-        raise RowError(INVALID_URL, f"{ref!r}: {exc}") from None
-    try:
         host, port = url.host, url.port
-    except ValueError as exc:
-        raise RowError(INVALID_URL, f"{ref!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise RowError(INVALID_URL, f"{ref!r}: {exc or type(exc).__name__}") from None
     if not host:
         raise RowError(INVALID_URL, f"{ref!r} has no host")
     if port is not None and not 0 < port < 65536:
@@ -75,14 +75,20 @@ def _checked_http_url(ref: str) -> str:
     return ref
 
 
-def _file_url_path(ref: str) -> str:
-    parts = urlsplit(ref)
+def _file_url_path(ref: str, base_dir: str) -> str:
+    """The path a file URL names; a relative one ('file:a.jpg') resolves like a relative path."""
+    try:
+        parts = urlsplit(ref)
+    except ValueError as exc:  # an unclosed '[' in the host part: 'file://['
+        raise RowError(INVALID_URL, f"{ref!r}: {exc}") from None
     if parts.netloc not in ("", "localhost"):
         raise RowError(INVALID_URL, f"file URL {ref!r} names a remote host")
     path = unquote(parts.path)
     if not path:
         raise RowError(INVALID_URL, f"file URL {ref!r} has no path")
-    return os.path.normpath(path)
+    if "\x00" in path:
+        raise RowError(INVALID_URL, f"file URL {ref!r} holds an escaped NUL byte")
+    return os.path.normpath(os.path.join(base_dir, path))
 
 
 def base_dir_of(input_path: str | None) -> str:
