@@ -161,6 +161,17 @@ def image_server():
     server.close()
 
 
+def loopback_ray_env(**extra) -> dict:
+    """The environment for Ray processes of a cluster that lives on 127.0.0.1.
+
+    Ray swaps a 127.0.0.1 cluster address for the machine's outward IP unless told
+    this is a single-machine cluster; that flag keeps every Ray connection on loopback.
+    """
+    bin_dir = os.path.dirname(sys.executable)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
