@@ -25,7 +25,7 @@ from job_rows import check_scored, read_scored_csv, sample_rows, write_pairs_csv
 def simulated_cluster():
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=True,
-        dashboard_host="127.0.0.1", dashboard_port=free_port()))
+        dashboard_host="127.0.0.1", dashboard_port=free_port(), dashboard_agent_listen_port=free_port()))
     try:
         gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
         cpu_nodes = [cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(2)]
