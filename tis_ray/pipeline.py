@@ -13,6 +13,7 @@ import pyarrow.csv as pacsv
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
+from . import storage
 from .config import FetchConfig, ModelConfig, PipelineConfig
 from .placement import FETCH_CPUS, READ_CPUS, gpu_wait_message, plan_pools
 from .preprocess import PreprocessSpec
@@ -21,11 +22,13 @@ from .stages import FetchStage, ScoreStage
 
 
 def read_records(path: str, schema: pa.Schema) -> Dataset:
-    """The input file as a Dataset; CSV cells stay text exactly as written."""
+    """The input file (a path or a URL, see `storage`) as a Dataset; CSV cells stay text as written."""
+    filesystem, inner = storage.resolve(path)
     if input_format(path) == "parquet":
-        return ray.data.read_parquet(path, num_cpus=READ_CPUS)
+        return ray.data.read_parquet(inner, filesystem=filesystem, num_cpus=READ_CPUS)
     return ray.data.read_csv(
-        path,
+        inner,
+        filesystem=filesystem,
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=dict(zip(schema.names, schema.types)),
