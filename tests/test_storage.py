@@ -13,6 +13,7 @@ from tis_ray.config import FetchConfig, ModelConfig
 from tis_ray.errors import RowError
 from tis_ray.output import check_output_path
 from tis_ray.records import InputError, read_columns
+from tis_ray.sources import base_dir_of
 
 FAST_FETCH = FetchConfig(timeout_s=5.0, retries=1, backoff_s=0.05)
 
@@ -45,8 +46,6 @@ def test_file_url_input_and_output_problems_are_input_errors(tmp_path):
 
 
 def test_relative_images_of_a_file_url_input_resolve_beside_it(tmp_path):
-    from tis_ray.sources import base_dir_of
-
     assert base_dir_of((tmp_path / "pairs.csv").as_uri()) == str(tmp_path)
 
 
@@ -95,7 +94,7 @@ def test_s3_input_output_and_images(local_ray, s3, model, tiny_model, image_serv
 
 
 def test_s3_output_checks_the_bucket_before_any_work(s3):
-    fs, url = s3
+    _, url = s3
     with pytest.raises(InputError, match="bucket no-such-bucket does not exist"):
         check_output_path(url("out.csv").replace("@photos/", "@no-such-bucket/"))
     with pytest.raises(InputError, match="no such file"):
