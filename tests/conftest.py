@@ -200,12 +200,13 @@ def local_ray(ray_metrics_port):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A real head started with `ray start --head --block` on loopback, as an operator
-    starts one, shared by the tests that talk to a cluster through Ray's own CLIs
-    (`serve deploy`, `ray job submit`). Stopped by killing that command's process group,
-    so only this head's processes end (`ray stop` would end every Ray on the machine)."""
+    starts one, for the tests that talk to a cluster through Ray's own CLIs (`serve
+    deploy`, `ray job submit`). Module-scoped: while it runs, a bare `ray.init()` on
+    this machine would join it. Stopped by killing that command's process group, so
+    only this head's processes end (`ray stop` would end every Ray on the machine)."""
     gcs, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
     log = tmp_path_factory.mktemp("ray-head") / "ray-start.log"
     with open(log, "w") as out:

@@ -93,9 +93,6 @@ def test_shipped_serve_config_deploys_with_serve_deploy(ray_head, tiny_model, ph
     state = subprocess.run([str(BIN / "serve"), "status", "-a", ray_head["dashboard"]],
                            env=loopback_ray_env(), capture_output=True, text=True, timeout=60)
     assert "RUNNING" in state.stdout, state.stdout + state.stderr
-    # The head is shared with other tests: take the application down again.
-    subprocess.run([str(BIN / "serve"), "shutdown", "-y", "-a", ray_head["dashboard"]],
-                   env=loopback_ray_env(), capture_output=True, timeout=60)
 
 
 @pytest.mark.parametrize("name", ["serve-gpu.yaml", "serve-cpu.yaml"])
