@@ -1,4 +1,5 @@
-"""Fetching image bytes: http(s) with aiohttp, or a local file, with hard limits.
+"""Fetching image bytes: http(s) with aiohttp, a local file, or an object-store
+object (`storage`), with hard limits.
 
 Each image gets one deadline covering connection, redirects, retries and the
 body; the body is read as a stream and abandoned at the byte cap. Redirects are
@@ -20,7 +21,7 @@ from datetime import timezone
 import aiohttp
 import yarl
 
-from . import errors
+from . import errors, storage
 from .config import FetchConfig
 from .errors import RowError
 from .hosts import HostBackoff, HostSlots, host_key
@@ -84,6 +85,8 @@ async def fetch_bytes(
         async with asyncio.timeout(cfg.timeout_s):
             if source.kind == "file":
                 return await asyncio.to_thread(read_file_bytes, source.location, cfg.max_bytes)
+            if source.kind == "object":
+                return await asyncio.to_thread(storage.read_object, source.location, cfg.max_bytes)
             return await _fetch_http(session, yarl.URL(source.location), cfg, url_check, backoff or HostBackoff())
     except TimeoutError:
         raise RowError(errors.TIMEOUT, f"no complete image within {cfg.timeout_s:g}s") from None
