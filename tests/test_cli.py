@@ -13,6 +13,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from conftest import REPO
+from jobcheck import assert_stats_add_up
 from reference import reference_similarities
 from tis_ray.errors import error_kind
 
@@ -77,6 +78,8 @@ def test_demo_on_the_bundled_example_with_embedded_local_ray(tmp_path, tiny_mode
     assert kinds[-3:] == ["file_not_found", "decode_error", "empty_caption"]
     assert kinds[:-3] == [None] * (len(source) - 3)
     assert "rows: 10" in result.stdout and "scored: 7" in result.stdout and "cpu/float32" in result.stdout
+    assert f"stats: {out}.stats.json" in result.stdout
+    assert_stats_add_up(out, len(source))
 
 
 BAD_KINDS = {
@@ -138,3 +141,4 @@ def test_thousand_rows_five_percent_bad(tmp_path, image_server, tiny_model, phot
         else:
             assert sims[i] is None
     assert "rows: 1000" in result.stdout and "scored: 950" in result.stdout
+    assert assert_stats_add_up(out, 1000)["outcomes"] == {"scored": 950, "error": 50}

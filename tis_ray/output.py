@@ -5,9 +5,10 @@ A reader of OUTPUT therefore sees either nothing or the whole file, never a part
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -57,12 +58,52 @@ def write_atomically(batches: Iterable[pa.Table], path: str, empty_schema: pa.Sc
             writer = _open_writer(fmt, temp, empty_schema)
         writer.close()
         writer = None
+        _fsync(temp)
         os.replace(temp, path)
     finally:
         if writer is not None:
             writer.close()
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+def write_durably(path: str, write: Callable[[str], None]) -> None:
+    """`write(temp)` beside `path`, then fsync and rename: `path` exists whole or not at all."""
+    temp = f"{path}.tmp"
+    try:
+        write(temp)
+        _fsync(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    _fsync(os.path.dirname(os.path.abspath(path)))
+
+
+def stats_path(output_path: str) -> str:
+    return f"{output_path}.stats.json"
+
+
+def write_stats(output_path: str, stats: dict) -> str:
+    """``<output>.stats.json``, written whole; returns its path."""
+    path = stats_path(output_path)
+
+    def dump(temp: str) -> None:
+        with open(temp, "w") as f:
+            json.dump(stats, f, indent=2)
+            f.write("\n")
+
+    write_durably(path, dump)
+    return path
+
+
+def _fsync(path: str) -> None:
+    """Make a file (or a folder's entries) durable before it is relied on."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open_writer(fmt: str, path: str, schema: pa.Schema):
