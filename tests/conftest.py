@@ -45,6 +45,7 @@ class ImageServer:
       /status/<code>              that status, empty body
       /flaky/<key>/<name>.jpg     500 on the first request for <key>, then the photo
       /slow/<seconds>             waits, then a photo
+      /paced/<key>/<name>.jpg     waits `pace_s` seconds (settable while running), then the photo
       /big/<bytes>                that many bytes of image/jpeg body (a real JPEG header)
       /html                       an HTML page sent as image/jpeg
       /truncated/<name>.jpg       the first half of a photo
@@ -57,6 +58,7 @@ class ImageServer:
         self.requests: list[str] = []
         self.hits: dict[str, int] = {}
         self.extra: dict[str, tuple[bytes, str]] = {}
+        self.pace_s = 0.0
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -130,6 +132,10 @@ class ImageServer:
             def route_slow(self, seconds):
                 time.sleep(float(seconds))
                 self.route_photo("chelsea.jpg")
+
+            def route_paced(self, key, name):
+                time.sleep(server.pace_s)
+                self.route_photo(name)
 
             def route_big(self, size):
                 head = (PHOTOS / "chelsea.jpg").read_bytes()[:1024]

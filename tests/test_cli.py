@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
 import random
-import subprocess
-import sys
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pytest
 
 from conftest import REPO
-from jobcheck import assert_stats_add_up
+from jobs import assert_stats_add_up, read_output, run_cli
 from reference import reference_similarities
 from tis_ray.errors import error_kind
-
-
-def run_cli(*args, env=None, timeout=600):
-    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "tis_ray", *args], capture_output=True, text=True, env=full_env, timeout=timeout
-    )
-
-
-def read_output(path) -> pa.Table:
-    return pacsv.read_csv(
-        path,
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types={"caption": pa.string()}),
-    )
 
 
 def _one_line_error(result, *fragments):

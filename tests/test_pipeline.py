@@ -10,7 +10,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from jobcheck import assert_stats_add_up
+from jobs import assert_stats_add_up
 from reference import reference_similarities
 from tis_ray import Record, score_dataset, score_file, score_pairs
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig

@@ -1,15 +1,35 @@
-"""One check every job-running test shares: the stats file accounts for every input row."""
+"""Running `tis-ray` as a user does, and the check every job-running test shares: the stats
+file accounts for every input row."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tis_ray.errors import error_kind
+
+
+def run_cli(*args, env=None, timeout=600):
+    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tis_ray", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+
+
+def read_output(path) -> pa.Table:
+    return pacsv.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types={"caption": pa.string()}),
+    )
 
 
 def assert_stats_add_up(output: str | Path, input_rows: int) -> dict:

@@ -1,0 +1,167 @@
+"""Resume and redo as a user meets them: a real `tis-ray score` process interrupted with
+SIGINT or killed with SIGKILL part-way, then `--resume`; and `--retry-errors` after a
+server that failed once. Real Ray, real HTTP on 127.0.0.1, the tiny CLIP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from conftest import ImageServer
+from jobs import assert_stats_add_up, read_output, run_cli
+from reference import reference_similarities
+from tis_ray.cli import main
+from tis_ray.errors import error_kind
+
+ROWS = 128
+PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
+PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """This module's own image server: its request log is read row by row."""
+    server = ImageServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, server, tiny_model, local_ray):
+    """An input whose row i is fetched at /paced/<i>/..., the command's arguments, and an uninterrupted run."""
+    folder = tmp_path_factory.mktemp("resume")
+    source = folder / "pairs.csv"
+    with open(source, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "image_url", "caption"])
+        for i in range(ROWS):
+            writer.writerow([i, server.url(f"paced/{i}/{PHOTOS[i % 4]}.jpg"), f"photo {i}, a {PHOTOS[i % 4]}"])
+    # One fetch at a time through one fetch actor, and a part for every scored block, so
+    # that a paced server makes the run slow enough to interrupt between parts.
+    args = ["--model", tiny_model, "--device", "cpu", "--dtype", "float32", "--batch-size", "8",
+            "--fetch-actors", "1", "--fetch-concurrency", "1", "--checkpoint-every", "0"]
+    env = {"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
+    baseline = folder / "uninterrupted.csv"
+    result = run_cli("score", str(source), "-o", str(baseline), *args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_stats_add_up(baseline, ROWS)
+    return source, args, env, baseline.read_bytes()
+
+
+def _fetched_rows(server: ImageServer, since: int) -> Counter:
+    return Counter(int(path.split("/")[2]) for path in server.requests[since:] if path.startswith("/paced/"))
+
+
+def _rows_done(parts_dir) -> int:
+    ends = [int(m.group(2)) for name in os.listdir(parts_dir) if (m := PART.match(name))]
+    return max(ends, default=0)
+
+
+def _interrupt_part_way(source, output, args, env, server, signum, after_rows=0) -> tuple[int, str]:
+    """Start the command against a slow server; signal it once parts cover more than `after_rows`."""
+    server.pace_s = 0.05
+    process = subprocess.Popen([sys.executable, "-m", "tis_ray", "score", str(source), "-o", str(output), *args],
+                               env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts_dir = f"{output}.parts"
+    deadline = time.monotonic() + 180
+    try:
+        while not (os.path.isdir(parts_dir) and _rows_done(parts_dir) > after_rows):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint part within 180 s"
+            time.sleep(0.1)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        server.pace_s = 0.0
+    return process.returncode, stderr
+
+
+def test_interrupted_twice_then_resumed_equals_an_uninterrupted_run(job, server, tmp_path, capsys):
+    """SIGINT part-way, --resume killed with SIGKILL part-way, --resume again: each run
+    fetches only the rows no durable part covers, and the output is byte-identical."""
+    source, args, env, uninterrupted = job
+    output = tmp_path / "scored.csv"
+    parts = f"{output}.parts"
+
+    returncode, stderr = _interrupt_part_way(source, output, args, env, server, signal.SIGINT)
+    assert returncode == 130 and "--resume" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    done_by_first = _rows_done(parts)
+    assert 0 < done_by_first < ROWS
+    _refuses_to_start_over_or_to_mix_jobs(source, output, args, capsys)
+
+    requests_before = len(server.requests)
+    returncode, _ = _interrupt_part_way(source, output, [*args, "--resume"], env, server, signal.SIGKILL,
+                                        after_rows=done_by_first)
+    assert returncode == -signal.SIGKILL
+    assert min(_fetched_rows(server, requests_before)) == done_by_first
+    done_by_second = _rows_done(parts)
+    assert done_by_first < done_by_second < ROWS
+    assert not output.exists()  # never half-written
+
+    requests_before = len(server.requests)
+    result = run_cli("score", str(source), "-o", str(output), *args, "--resume", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert output.read_bytes() == uninterrupted
+    fetched = _fetched_rows(server, requests_before)
+    assert set(fetched) == set(range(done_by_second, ROWS)) and set(fetched.values()) == {1}
+    stats = assert_stats_add_up(output, ROWS)
+    assert (stats["mode"], stats["rows_carried_over"]) == ("resumed", done_by_second)
+    assert not os.path.exists(parts)
+
+
+def _refuses_to_start_over_or_to_mix_jobs(source, output, args, capsys):
+    """A checkpoint is neither thrown away silently nor finished with other settings (checked
+    before Ray starts, so the command's own `main` is called here, not a new process)."""
+    capsys.readouterr()
+    assert main(["score", str(source), "-o", str(output), *args]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["score", str(source), "-o", str(output), *args, "--resume", "--timeout", "3"]) == 2
+    assert "timeout_s (10.0 then, 3.0 now)" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_retry_errors_refetches_only_retryable_failures_and_merges_them_in_place(
+        server, tmp_path, tiny_model, photos, local_ray):
+    rows = [(server.url(f"photo/{name}.jpg"), f"a {name}", None) for name in PHOTOS]
+    rows += [(server.url(f"flaky/redo-{k}/{name}.jpg"), f"again a {name}", name) for k, name in enumerate(PHOTOS[:3])]
+    rows += [(server.url("status/404"), "gone for good", None), (server.url("status/503"), "still down", None),
+             ("no-such.jpg", "not a file", None)]
+    source = tmp_path / "pairs.csv"
+    with open(source, "w", newline="") as f:
+        csv.writer(f).writerows([("image_url", "caption"), *((url, caption) for url, caption, _ in rows)])
+    args = ["--model", tiny_model, "--device", "cpu", "--dtype", "float32", "--retries", "0"]
+    env = {"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
+    first = tmp_path / "first.csv"
+    assert run_cli("score", str(source), "-o", str(first), *args, env=env).returncode == 0
+    before = read_output(first)
+    kinds = [error_kind(e) for e in before.column("error").to_pylist()]
+    assert kinds == [None] * 4 + ["http_500"] * 3 + ["http_404", "http_503", "file_not_found"]
+
+    requests_before = len(server.requests)
+    second = tmp_path / "second.csv"
+    result = run_cli("score", str(source), "-o", str(second), *args, "--retry-errors", str(first), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    refetched = Counter(server.requests[requests_before:])
+    assert refetched == Counter(["/flaky/redo-0/chelsea.jpg", "/flaky/redo-1/coffee.jpg", "/flaky/redo-2/rocket.jpg",
+                                 "/status/503"])
+    after = read_output(second)
+    redone = range(4, 7)
+    for i in set(range(len(rows))) - set(redone):
+        assert after.slice(i, 1).equals(before.slice(i, 1)), i  # every other row untouched
+    want = reference_similarities(tiny_model, [photos[rows[i][2]] for i in redone], [rows[i][1] for i in redone])
+    for i, expected in zip(redone, want):
+        assert after.column("error")[i].as_py() == ""  # read_output reads an empty error as ""
+        assert abs(after.column("similarity")[i].as_py() - expected) <= 1e-4
+    stats = assert_stats_add_up(second, len(rows))
+    assert (stats["mode"], stats["rows_carried_over"], stats["rows_scored_now"]) == ("retry_errors", 6, 4)
