@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from conftest import free_port
 from figures import record_figures
+from tis_ray.config import SERVE_MAX_ONGOING_REQUESTS, SERVE_MAX_QUEUED_REQUESTS
 from tis_ray.http_api import ScoreResponse
 from tis_ray.serve import ScoringService, service_options
 
@@ -45,7 +46,7 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def service(local_ray, tiny_model):
-    """Two apps: one sized as shipped (`held`), one with tiny limits to overload (`tight`)."""
+    """Two apps: one with the shipped limits (`held`), one with tiny limits to overload (`tight`)."""
     from ray import serve
 
     port = free_port()
@@ -130,7 +131,7 @@ def test_load_within_limits_is_all_answered(service, payload):
     assert counts == {"ok": LOAD["requests"]}, counts
     figures = {**LOAD, "ok": counts["ok"], "p50_ms": _percentile_ms(outcomes, 50),
                "p99_ms": _percentile_ms(outcomes, 99), "requests_per_s": round(len(outcomes) / seconds, 1),
-               "max_ongoing_requests": 64, "max_queued_requests": 256}
+               "max_ongoing_requests": SERVE_MAX_ONGOING_REQUESTS, "max_queued_requests": SERVE_MAX_QUEUED_REQUESTS}
     print(f"held load: {figures}")
     record_figures("serve_load", figures)
 
