@@ -21,6 +21,7 @@ from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
 from .loading import load_preprocess_spec
 from .output import check_output_path, write_atomically, write_stats
 from .pipeline import add_scores, read_records, skip_rows
+from .preprocess import PreprocessSpec
 from .records import Record, ScoreResult, input_schema, pick_columns, read_columns
 from .redo import inputs_of, merge, read_previous_output, retryable_rows
 from .sources import base_dir_of
@@ -94,8 +95,8 @@ def score_file(
     finally:
         checkpoint.flush()  # rows scored before an interrupt are kept
     _write_output(checkpoint.tables(), job, output_path, summary)
-    checkpoint.remove()
     _write_stats(summary, input_path, output_path, "resumed" if summary.carried_over else "fresh")
+    checkpoint.remove()
     return summary
 
 
@@ -191,7 +192,7 @@ class _FileJob:
     image_column: str
     caption_column: str
     schema: pa.Schema
-    spec: object
+    spec: PreprocessSpec
     model: ModelConfig
     fetch: FetchConfig
     pipeline: PipelineConfig
