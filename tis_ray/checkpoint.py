@@ -70,6 +70,7 @@ class Checkpoint:
         self.rows_done = self.parts[-1][1] if self.parts else 0
         self.rows_at_start = self.rows_done
         self._buffer: list[pa.Table] = []
+        self._buffered_rows = 0
         self._last_flush = time.monotonic()
 
     @classmethod
@@ -93,14 +94,14 @@ class Checkpoint:
         else:
             os.makedirs(folder)
             write_durably(os.path.join(folder, MANIFEST),
-                           lambda path: _write_json(path, {"format": FORMAT_VERSION, **asdict(identity)}))
+                          lambda path: _write_json(path, {"format": FORMAT_VERSION, **asdict(identity)}))
         return cls(folder, every_s)
 
     def add(self, batch: pa.Table) -> None:
         """Buffer the next rows in order; make them durable every `every_s` seconds (or FLUSH_ROWS rows)."""
         self._buffer.append(batch)
-        buffered = sum(t.num_rows for t in self._buffer)
-        if buffered >= FLUSH_ROWS or time.monotonic() - self._last_flush >= self.every_s:
+        self._buffered_rows += batch.num_rows
+        if self._buffered_rows >= FLUSH_ROWS or time.monotonic() - self._last_flush >= self.every_s:
             self.flush()
 
     def flush(self) -> None:
@@ -109,7 +110,7 @@ class Checkpoint:
         if not self._buffer:
             return
         table = pa.concat_tables(self._buffer, promote_options="permissive")
-        self._buffer = []
+        self._buffer, self._buffered_rows = [], 0
         if table.num_rows == 0:
             return
         start, end = self.rows_done, self.rows_done + table.num_rows
