@@ -79,7 +79,7 @@ def serve_overload(f: dict) -> list[tuple[str, object]]:
 def serve_replica_kill(f: dict) -> list[tuple[str, object]]:
     return [
         ("requests sent while the replica was killed", f"{f['requests_during']} (killed after {f['killed_after']})"),
-        ("200 / 500 / 503 / malformed", f"{f['ok']} / {f['failed_500']} / {f['shed_503']} / {f['malformed']}"),
+        ("200 / 500 / 503 / malformed (during the load, then until the first 200)", f"{f['ok']} / {f['failed_500']} / {f['shed_503']} / {f['malformed']}"),
         ("first 200 after the load ended", f"{f['seconds_to_recover_after_load']} s"),
         ("requests after recovery answered 200", f["requests_after_recovery_ok"]),
     ]

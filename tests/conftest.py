@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -158,6 +159,45 @@ class ImageServer:
                 self.send(302, b"", "text/plain", [("Location", f"/redirect/{int(n) - 1}/{name}")])
 
         return Handler
+
+
+PACED_ROWS = 128
+PACED_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
+
+
+@dataclass(frozen=True)
+class PacedJob:
+    """An input whose row i is fetched from /paced/<i>/<photo> on `server` (set ``server.pace_s``
+    to slow it down), and the output of one uninterrupted run, scored in batches of 8."""
+
+    server: ImageServer
+    source: Path
+    rows: int
+    uninterrupted: bytes
+
+
+@pytest.fixture(scope="session")
+def paced_job(tmp_path_factory, tiny_model, local_ray):
+    """For the tests that interrupt or fault a job and compare it with an uninterrupted run."""
+    import csv
+
+    from tis_ray import score_file
+    from tis_ray.config import ModelConfig, PipelineConfig
+
+    server = ImageServer()
+    folder = tmp_path_factory.mktemp("paced")
+    source = folder / "pairs.csv"
+    with open(source, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "image_url", "caption"])
+        for i in range(PACED_ROWS):
+            photo = PACED_PHOTOS[i % len(PACED_PHOTOS)]
+            writer.writerow([i, server.url(f"paced/{i}/{photo}.jpg"), f"photo {i}, a {photo}"])
+    score_file(str(source), str(folder / "uninterrupted.csv"), progress=False,
+               model=ModelConfig(model=tiny_model, device="cpu", dtype="float32"),
+               pipeline=PipelineConfig(batch_size=8))
+    yield PacedJob(server, source, PACED_ROWS, (folder / "uninterrupted.csv").read_bytes())
+    server.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tis_ray.checkpoint import PART_NAME
 from tis_ray.errors import error_kind
 
 
@@ -22,6 +23,15 @@ def run_cli(*args, env=None, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", "tis_ray", *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+def rows_durable(output: str | Path) -> int:
+    """How many rows the job writing `output` has made durable in its checkpoint so far."""
+    try:
+        names = os.listdir(f"{output}.parts")
+    except FileNotFoundError:  # not started, or finished
+        return 0
+    return max((int(m.group(2)) for n in names if (m := PART_NAME.match(n))), default=0)
 
 
 def read_output(path) -> pa.Table:

@@ -1,5 +1,5 @@
-"""Actor faults in a real batch run: the worker processes of a fetch actor and of a scorer
-actor are killed (SIGKILL) part-way. Ray Data restarts actors and retries their tasks
+"""Actor faults in a real batch run: the worker processes of the fetch actor and of the
+scorer actor are killed (SIGKILL) part-way, together. Ray Data restarts actors and retries their tasks
 (its defaults: ``max_restarts=-1``, ``max_task_retries=-1``), so the job must finish with
 every row exactly once, identical to an unfaulted run. Real local Ray, real HTTP on
 127.0.0.1, the tiny CLIP."""
@@ -11,36 +11,15 @@ import signal
 import threading
 import time
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pytest
 import ray._private.state  # the GCS actor table; the state API needs a dashboard this Ray does not run
 
-from conftest import ImageServer
 from figures import record_figures
-from jobs import assert_stats_add_up
+from jobs import assert_stats_add_up, rows_durable
 from tis_ray import score_file
-from tis_ray.checkpoint import checkpoint_dir
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 
-ROWS = 128
-PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
 WAIT_S = 180
-
-
-@pytest.fixture(scope="module")
-def server():
-    server = ImageServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory, server):
-    path = tmp_path_factory.mktemp("faults") / "pairs.csv"
-    rows = [(str(i), server.url(f"paced/{i}/{PHOTOS[i % 4]}.jpg"), f"photo {i}: {PHOTOS[i % 4]}") for i in range(ROWS)]
-    pacsv.write_csv(pa.table(dict(zip(["row", "image_url", "caption"], map(list, zip(*rows))))), path)
-    return path
+STAGES = ("FetchStage", "ScoreStage")
 
 
 def _score(source, output, tiny_model) -> None:
@@ -68,29 +47,21 @@ def _wait_for(condition, what: str, job: threading.Thread):
     return found
 
 
-def _rows_done(output) -> int:
-    folder = checkpoint_dir(str(output))
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return max((int(n.split("-")[2].split(".")[0]) for n in names if n.startswith("part-") and n.endswith(".parquet")),
-               default=0)
+def _kill_both_and_see_them_restart(output, job: threading.Thread) -> list[dict]:
+    """Once rows are durable, SIGKILL the fetch and the scorer worker processes; wait for Ray to restart both."""
+    _wait_for(lambda: rows_durable(output) > 0, "progress before the kills", job)
+    victims = {stage: _wait_for(lambda: _map_worker(stage), f"live {stage} actor", job) for stage in STAGES}
+    rows_done = rows_durable(output)
+    for _, pid in victims.values():
+        os.kill(pid, signal.SIGKILL)
+    for stage, (actor_id, _) in victims.items():
+        _wait_for(lambda: (info := ray._private.state.actors().get(actor_id)) and info["NumRestarts"] >= 1
+                  and info["State"] == "ALIVE", f"restart of {stage}", job)
+    return [{"stage": stage, "rows_checkpointed_when_killed": rows_done} for stage in STAGES]
 
 
-def _kill_and_see_it_restart(stage: str, output, job: threading.Thread) -> dict:
-    """SIGKILL the stage's worker process once the run has made progress; wait for Ray to restart it."""
-    before = _rows_done(output)
-    _wait_for(lambda: _rows_done(output) > before, f"progress before killing {stage}", job)
-    actor_id, pid = _wait_for(lambda: _map_worker(stage), f"live {stage} actor", job)
-    rows_done = _rows_done(output)
-    os.kill(pid, signal.SIGKILL)
-    _wait_for(lambda: (info := ray._private.state.actors().get(actor_id)) and info["NumRestarts"] >= 1
-              and info["State"] == "ALIVE", f"restart of {stage}", job)
-    return {"stage": stage, "rows_checkpointed_when_killed": rows_done}
-
-
-def test_killed_fetch_and_scorer_actors_cost_no_row(local_ray, server, source, tiny_model, tmp_path):
-    unfaulted = tmp_path / "unfaulted.csv"
-    _score(source, unfaulted, tiny_model)
-
+def test_killed_fetch_and_scorer_actors_cost_no_row(local_ray, paced_job, tiny_model, tmp_path):
+    source, server, rows = paced_job.source, paced_job.server, paced_job.rows
     faulted = tmp_path / "faulted.csv"
     failure: list[BaseException] = []
 
@@ -104,14 +75,13 @@ def test_killed_fetch_and_scorer_actors_cost_no_row(local_ray, server, source, t
     job = threading.Thread(target=run, daemon=True)
     job.start()
     try:
-        faults = [_kill_and_see_it_restart("FetchStage", faulted, job),
-                  _kill_and_see_it_restart("ScoreStage", faulted, job)]
+        faults = _kill_both_and_see_them_restart(faulted, job)
     finally:
         server.pace_s = 0.0
         job.join(WAIT_S)
     assert not job.is_alive() and not failure, failure
-    assert all(0 < f["rows_checkpointed_when_killed"] < ROWS for f in faults), faults
-    assert faulted.read_bytes() == unfaulted.read_bytes()
-    stats = assert_stats_add_up(faulted, ROWS)
-    record_figures("actor_faults", {"rows_in": ROWS, "rows_out": stats["rows"], "faults": faults,
+    assert all(0 < f["rows_checkpointed_when_killed"] < rows for f in faults), faults
+    assert faulted.read_bytes() == paced_job.uninterrupted
+    stats = assert_stats_add_up(faulted, rows)
+    record_figures("actor_faults", {"rows_in": rows, "rows_out": stats["rows"], "faults": faults,
                                     "identical_to_unfaulted_run": True})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,55 +14,32 @@ from collections import Counter
 
 import pytest
 
-from conftest import ImageServer
+from conftest import PACED_PHOTOS, ImageServer
+from conftest import PACED_ROWS as ROWS
 from figures import record_figures
-from jobs import assert_stats_add_up, read_output, run_cli
+from jobs import assert_stats_add_up, read_output, rows_durable, run_cli
 from reference import reference_similarities
 from tis_ray.cli import main
 from tis_ray.errors import error_kind, is_retryable
 
-ROWS = 128
-PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
-PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
-
-
 @pytest.fixture(scope="module")
-def server():
-    """This module's own image server: its request log is read row by row."""
-    server = ImageServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def job(tmp_path_factory, server, tiny_model, local_ray):
-    """An input whose row i is fetched at /paced/<i>/..., the command's arguments, and an uninterrupted run."""
-    folder = tmp_path_factory.mktemp("resume")
-    source = folder / "pairs.csv"
-    with open(source, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["row", "image_url", "caption"])
-        for i in range(ROWS):
-            writer.writerow([i, server.url(f"paced/{i}/{PHOTOS[i % 4]}.jpg"), f"photo {i}, a {PHOTOS[i % 4]}"])
+def job(paced_job, tiny_model, local_ray):
+    """The paced input, the command's arguments, its environment and the uninterrupted output."""
     # One fetch at a time through one fetch actor, and a part for every scored block, so
     # that a paced server makes the run slow enough to interrupt between parts.
     args = ["--model", tiny_model, "--device", "cpu", "--dtype", "float32", "--batch-size", "8",
             "--fetch-actors", "1", "--fetch-concurrency", "1", "--checkpoint-every", "0"]
     env = {"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
-    baseline = folder / "uninterrupted.csv"
-    result = run_cli("score", str(source), "-o", str(baseline), *args, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_stats_add_up(baseline, ROWS)
-    return source, args, env, baseline.read_bytes()
+    return paced_job.source, args, env, paced_job.uninterrupted
+
+
+@pytest.fixture(scope="module")
+def server(paced_job):
+    return paced_job.server
 
 
 def _fetched_rows(server: ImageServer, since: int) -> Counter:
     return Counter(int(path.split("/")[2]) for path in server.requests[since:] if path.startswith("/paced/"))
-
-
-def _rows_done(parts_dir) -> int:
-    ends = [int(m.group(2)) for name in os.listdir(parts_dir) if (m := PART.match(name))]
-    return max(ends, default=0)
 
 
 def _interrupt_part_way(source, output, args, env, server, signum, after_rows=0) -> tuple[int, str]:
@@ -71,10 +47,9 @@ def _interrupt_part_way(source, output, args, env, server, signum, after_rows=0)
     server.pace_s = 0.05
     process = subprocess.Popen([sys.executable, "-m", "tis_ray", "score", str(source), "-o", str(output), *args],
                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    parts_dir = f"{output}.parts"
     deadline = time.monotonic() + 180
     try:
-        while not (os.path.isdir(parts_dir) and _rows_done(parts_dir) > after_rows):
+        while rows_durable(output) <= after_rows:
             assert process.poll() is None, process.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoint part within 180 s"
             time.sleep(0.1)
@@ -97,7 +72,7 @@ def test_interrupted_twice_then_resumed_equals_an_uninterrupted_run(job, server,
 
     returncode, stderr = _interrupt_part_way(source, output, args, env, server, signal.SIGINT)
     assert returncode == 130 and "--resume" in stderr and "Traceback" not in stderr, stderr[-3000:]
-    done_by_first = _rows_done(parts)
+    done_by_first = rows_durable(output)
     assert 0 < done_by_first < ROWS
     _refuses_to_start_over_or_to_mix_jobs(source, output, args, capsys)
 
@@ -106,7 +81,7 @@ def test_interrupted_twice_then_resumed_equals_an_uninterrupted_run(job, server,
                                         after_rows=done_by_first)
     assert returncode == -signal.SIGKILL
     assert min(_fetched_rows(server, requests_before)) == done_by_first
-    done_by_second = _rows_done(parts)
+    done_by_second = rows_durable(output)
     assert done_by_first < done_by_second < ROWS
     assert not output.exists()  # never half-written
 
@@ -138,8 +113,8 @@ def _refuses_to_start_over_or_to_mix_jobs(source, output, args, capsys):
 
 def test_retry_errors_refetches_only_retryable_failures_and_merges_them_in_place(
         server, tmp_path, tiny_model, photos, local_ray):
-    rows = [(server.url(f"photo/{name}.jpg"), f"a {name}", None) for name in PHOTOS]
-    rows += [(server.url(f"flaky/redo-{k}/{name}.jpg"), f"again a {name}", name) for k, name in enumerate(PHOTOS[:3])]
+    rows = [(server.url(f"photo/{name}.jpg"), f"a {name}", None) for name in PACED_PHOTOS]
+    rows += [(server.url(f"flaky/redo-{k}/{name}.jpg"), f"again a {name}", name) for k, name in enumerate(PACED_PHOTOS[:3])]
     rows += [(server.url("status/404"), "gone for good", None), (server.url("status/503"), "still down", None),
              ("no-such.jpg", "not a file", None)]
     source = tmp_path / "pairs.csv"
