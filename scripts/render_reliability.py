@@ -79,7 +79,8 @@ def serve_overload(f: dict) -> list[tuple[str, object]]:
 def serve_replica_kill(f: dict) -> list[tuple[str, object]]:
     return [
         ("requests sent while the replica was killed", f"{f['requests_during']} (killed after {f['killed_after']})"),
-        ("200 / 500 / 503 / malformed (during the load, then until the first 200)", f"{f['ok']} / {f['failed_500']} / {f['shed_503']} / {f['malformed']}"),
+        ("200 / 500 / 503 / malformed (during the load, then until the first 200)",
+         f"{f['ok']} / {f['failed_500']} / {f['shed_503']} / {f['malformed']}"),
         ("first 200 after the load ended", f"{f['seconds_to_recover_after_load']} s"),
         ("requests after recovery answered 200", f["requests_after_recovery_ok"]),
     ]
@@ -92,7 +93,8 @@ RENDERERS = {fn.__name__: fn for fn in (actor_faults, resume, retry_errors, serv
 def render(doc: str, figures_dir: Path) -> str:
     for name, renderer in RENDERERS.items():
         figures = json.loads((figures_dir / f"{name}.json").read_text())
-        block = f"<!-- figures: {name} -->\n{_table(renderer(figures))}\n\n{_source(figures, name)}\n<!-- /figures: {name} -->"
+        body = f"{_table(renderer(figures))}\n\n{_source(figures, name)}"
+        block = f"<!-- figures: {name} -->\n{body}\n<!-- /figures: {name} -->"
         pattern = re.compile(rf"<!-- figures: {name} -->.*?<!-- /figures: {name} -->", re.S)
         if not pattern.search(doc):
             raise SystemExit(f"no <!-- figures: {name} --> markers in the document")

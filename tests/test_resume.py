@@ -114,7 +114,8 @@ def _refuses_to_start_over_or_to_mix_jobs(source, output, args, capsys):
 def test_retry_errors_refetches_only_retryable_failures_and_merges_them_in_place(
         server, tmp_path, tiny_model, photos, local_ray):
     rows = [(server.url(f"photo/{name}.jpg"), f"a {name}", None) for name in PACED_PHOTOS]
-    rows += [(server.url(f"flaky/redo-{k}/{name}.jpg"), f"again a {name}", name) for k, name in enumerate(PACED_PHOTOS[:3])]
+    rows += [(server.url(f"flaky/redo-{k}/{name}.jpg"), f"again a {name}", name)
+             for k, name in enumerate(PACED_PHOTOS[:3])]
     rows += [(server.url("status/404"), "gone for good", None), (server.url("status/503"), "still down", None),
              ("no-such.jpg", "not a file", None)]
     source = tmp_path / "pairs.csv"
@@ -145,6 +146,7 @@ def test_retry_errors_refetches_only_retryable_failures_and_merges_them_in_place
         assert abs(after.column("similarity")[i].as_py() - expected) <= 1e-4
     stats = assert_stats_add_up(second, len(rows))
     assert (stats["mode"], stats["rows_carried_over"], stats["rows_scored_now"]) == ("retry_errors", 6, 4)
-    record_figures("retry_errors", {"rows_in": len(rows), "rows_out": stats["rows"], "failed_first": sum(k is not None for k in kinds),
-                                    "retryable": sum(is_retryable(k) for k in kinds), "refetched": sum(refetched.values()), "recovered": len(redone),
-                                    "other_rows_unchanged": len(rows) - len(redone)})
+    record_figures("retry_errors", {
+        "rows_in": len(rows), "rows_out": stats["rows"], "failed_first": sum(k is not None for k in kinds),
+        "retryable": sum(is_retryable(k) for k in kinds), "refetched": sum(refetched.values()),
+        "recovered": len(redone), "other_rows_unchanged": len(rows) - len(redone)})

@@ -75,7 +75,8 @@ def classify(status: int, body: bytes) -> tuple[str, str]:
             response = ScoreResponse.model_validate_json(body)
         except ValidationError as exc:
             return "malformed", f"200 with an invalid body: {exc}"
-        if len(response.results) == 1 and response.results[0].error is None and response.results[0].similarity is not None:
+        results = response.results
+        if len(results) == 1 and results[0].error is None and results[0].similarity is not None:
             return "ok", ""
         return "malformed", f"200 without one score: {body[:200]!r}"
     if status == 503:
