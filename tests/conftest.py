@@ -4,12 +4,15 @@ real HTTP server on 127.0.0.1 with failure modes, and one local Ray per session.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -207,6 +210,17 @@ def image_server():
     server.close()
 
 
+def loopback_ray_env(**extra) -> dict:
+    """The environment for Ray processes of a cluster that lives on 127.0.0.1.
+
+    Ray swaps a 127.0.0.1 cluster address for the machine's outward IP unless told
+    this is a single-machine cluster; that flag keeps every Ray connection on loopback.
+    """
+    bin_dir = os.path.dirname(sys.executable)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,3 +244,45 @@ def local_ray(ray_metrics_port):
              _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real head started with `ray start --head --block` on loopback, as an operator
+    starts one, for the tests that talk to a cluster through Ray's own CLIs (`serve
+    deploy`, `ray job submit`). Module-scoped: while it runs, a bare `ray.init()` on
+    this machine would join it. Stopped by killing that command's process group, so
+    only this head's processes end (`ray stop` would end every Ray on the machine)."""
+    gcs, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
+    log = tmp_path_factory.mktemp("ray-head") / "ray-start.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+             "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
+             # their defaults are fixed ports, which another Ray on this machine may hold
+             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+             "--disable-usage-stats"],
+            env=loopback_ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"ray start failed:\n{log.read_text()[-3000:]}") from None
+                time.sleep(1)
+        yield {"dashboard": address, "gcs": f"127.0.0.1:{gcs}"}
+    finally:
+        # SIGTERM ends Ray's processes in a few seconds; `ray start --block` itself
+        # lingers for half a minute, so the group gets SIGKILL after a short grace.
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -420,3 +420,45 @@ def test_corrupt_bytes_give_an_image_or_a_row_error(which, position, patch, cut)
         assert error.kind in (errors.DECODE_ERROR, errors.DECOMPRESSION_BOMB), str(error)
     else:
         assert image.mode == "RGB" and image.width >= 1 and image.height >= 1
+
+
+# ---------------------------------------------------------------- reduced-size JPEG decode
+
+
+@pytest.mark.parametrize("size, min_side, expected", [
+    ((2048, 1536), 448, (1024, 768)),  # 1/2: 1/4 would leave a 384 short side
+    ((2048, 1536), 300, (512, 384)),  # 1/4
+    ((4000, 3000), 224, (500, 375)),  # 1/8, the most libjpeg offers
+    ((800, 600), 448, (800, 600)),  # already near the floor: whole
+])
+def test_reduced_jpeg_decode_keeps_both_sides_at_least_min_side(chelsea, size, min_side, expected):
+    image = decode_image(encode(chelsea.resize(size), "JPEG", quality=90), LIMIT, min_side)
+    assert image.size == expected
+
+
+def test_reduced_decode_looks_like_the_whole_image_scaled_down(photos):
+    whole = rgb(photos["retina"]).resize((1600, 1600), Image.Resampling.BICUBIC)
+    data = encode(whole, "JPEG", quality=92)
+    reduced = decode_image(data, LIMIT, 448)
+    assert reduced.size == (800, 800)
+    assert mean_abs_diff(reduced, whole.resize((800, 800), Image.Resampling.BOX)) < 3.0
+
+
+def test_reduced_decode_leaves_other_formats_whole(chelsea):
+    big = chelsea.resize((1800, 1200))
+    assert decode_image(encode(big, "PNG"), LIMIT, 224).size == (1800, 1200)
+    assert decode_image(encode(big, "WEBP", quality=90), LIMIT, 224).size == (1800, 1200)
+
+
+def test_reduced_decode_follows_exif_orientation(chelsea):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees
+    data = encode(chelsea.resize((2000, 1000)), "JPEG", exif=exif)
+    assert decode_image(data, LIMIT, 224).size == (250, 500)
+
+
+def test_bomb_check_counts_the_full_size_not_the_reduced_one(chelsea, no_decoding):
+    data = encode(chelsea.resize((2000, 1000)), "JPEG")
+    with pytest.raises(RowError) as caught:
+        decode_image(data, 1_000_000, 224)
+    assert caught.value.kind == errors.DECOMPRESSION_BOMB

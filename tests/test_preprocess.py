@@ -6,6 +6,8 @@ the same RGB images; nothing here re-derives the maths the code under test uses.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,8 @@ from PIL import Image
 from transformers import AutoImageProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from tis_ray.preprocess import PreprocessSpec, normalize, resize_and_crop
+from tis_ray.prepare import bytes_to_pixels
+from tis_ray.preprocess import PreprocessSpec, min_decode_side, normalize, resize_and_crop
 
 TOLERANCE = 1e-5
 
@@ -181,3 +184,24 @@ def test_spec_refuses_size_limits_it_would_ignore(options):
 def test_spec_for_processor_without_normalisation_is_the_identity():
     spec = PreprocessSpec.from_image_processor(custom(do_normalize=False))
     assert spec.image_mean == (0.0, 0.0, 0.0) and spec.image_std == (1.0, 1.0, 1.0)
+
+
+def test_min_decode_side_leaves_room_above_the_resize():
+    assert min_decode_side(PreprocessSpec(shortest_edge=224)) == 448
+    assert min_decode_side(PreprocessSpec(shortest_edge=None, resize_to=(336, 300))) == 672
+    assert min_decode_side(PreprocessSpec(shortest_edge=None, crop_size=(224, 224))) is None
+
+
+@pytest.mark.parametrize("size", [(2048, 1536), (1536, 2048), (1411, 1411), (4000, 900)])
+def test_reduced_decode_gives_nearly_the_pixels_of_a_full_decode(processor, photos, size):
+    """The model input from a 1/2..1/8-scale JPEG decode against the full decode of the same file."""
+    spec = PreprocessSpec.from_image_processor(processor)
+    with Image.open(photos["retina"]) as photo:
+        buffer = io.BytesIO()
+        photo.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    full = bytes_to_pixels(buffer.getvalue(), spec, 10**9, reduced_decode=False).astype(np.int16)
+    reduced = bytes_to_pixels(buffer.getvalue(), spec, 10**9, reduced_decode=True).astype(np.int16)
+    assert full.shape == reduced.shape == (*spec.output_size, 3)
+    difference = np.abs(full - reduced)
+    assert difference.mean() < 0.5
+    assert (difference > 8).mean() < 0.01  # a few pixels on sharp edges (the retina's rim) differ visibly

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,15 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, loopback_ray_env
 from reference import reference_similarities
 from tis_ray.errors import error_kind
 
 BIN = Path(sys.executable).parent
-
-
-def _env(**extra) -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", **extra}
 
 
 def _post(url: str, payload: dict, timeout: float = 60):
@@ -52,7 +47,7 @@ def test_tis_ray_serve_answers_and_stops_on_ctrl_c(tiny_model, image_server, pho
     process = subprocess.Popen(
         [str(BIN / "tis-ray"), "serve", "--model", tiny_model, "--device", "cpu", "--dtype", "float32",
          "--port", str(port), "--allow-hosts", "localhost"],
-        env=_env(RAY_ADDRESS="local"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=loopback_ray_env(RAY_ADDRESS="local"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
         image_port = image_server.httpd.server_address[1]
@@ -76,35 +71,6 @@ def test_tis_ray_serve_answers_and_stops_on_ctrl_c(tiny_model, image_server, pho
     assert "shutting down" in output
 
 
-@pytest.fixture()
-def ray_head(tmp_path):
-    """A real head started with `ray start --block` on loopback, stopped by killing that command."""
-    gcs, dashboard = free_port(), free_port()
-    process = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--num-cpus=2", "--disable-usage-stats"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=5):
-                break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"ray start failed:\n{process.stdout.read()[-3000:]}")
-            time.sleep(1)
-    yield {"dashboard": address, "gcs": f"127.0.0.1:{gcs}"}
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def test_shipped_serve_config_deploys_with_serve_deploy(ray_head, tiny_model, photos, tmp_path):
     config = yaml.safe_load((REPO / "deploy" / "serve-cpu.yaml").read_text())
     http_port = free_port()
@@ -116,7 +82,7 @@ def test_shipped_serve_config_deploys_with_serve_deploy(ray_head, tiny_model, ph
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     deploy = subprocess.run([str(BIN / "serve"), "deploy", str(path), "-a", ray_head["dashboard"]],
-                            env=_env(), capture_output=True, text=True, timeout=120)
+                            env=loopback_ray_env(), capture_output=True, text=True, timeout=120)
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     image = base64.b64encode(photos["coffee"].read_bytes()).decode()
     status, body = _wait_for(f"http://127.0.0.1:{http_port}/v1/score",
@@ -125,7 +91,7 @@ def test_shipped_serve_config_deploys_with_serve_deploy(ray_head, tiny_model, ph
     want = reference_similarities(tiny_model, [photos["coffee"]], ["a cup of coffee"])[0]
     assert abs(body["results"][0]["similarity"] - want) <= 1e-4
     state = subprocess.run([str(BIN / "serve"), "status", "-a", ray_head["dashboard"]],
-                           env=_env(), capture_output=True, text=True, timeout=60)
+                           env=loopback_ray_env(), capture_output=True, text=True, timeout=60)
     assert "RUNNING" in state.stdout, state.stdout + state.stderr
 
 

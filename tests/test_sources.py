@@ -81,10 +81,23 @@ def test_missing_values(value):
 
 @pytest.mark.parametrize(
     "value",
-    ["ftp://example.com/x.jpg", "s3://bucket/key.jpg", "data:image/png;base64,iVBORw0KGgo=", "gs://b/k", "mailto:a@b"],
+    ["ftp://example.com/x.jpg", "data:image/png;base64,iVBORw0KGgo=", "hdfs://nn/x.jpg", "mailto:a@b"],
 )
 def test_unsupported_schemes(value):
     assert kind_of(value) == errors.UNSUPPORTED_SCHEME
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/key.jpg", "gs://b/k", "S3://bucket/a/b.png?endpoint_override=h:9000"])
+def test_object_store_urls_are_kept_verbatim(url):
+    assert classify_image_ref(url, BASE) == ImageSource("object", url)
+
+
+def test_relative_paths_in_an_object_store_input_stay_in_its_bucket():
+    base = base_dir_of("s3://bucket/runs/pairs.csv?region=us-east-1")
+    assert base == "s3://bucket/runs?region=us-east-1"
+    assert classify_image_ref("img/cat.jpg", base) == ImageSource("object", "s3://bucket/runs/img/cat.jpg?region=us-east-1")
+    assert classify_image_ref("../cat.jpg", base) == ImageSource("object", "s3://bucket/cat.jpg?region=us-east-1")
+    assert classify_image_ref("/data/cat.jpg", base) == ImageSource("file", os.path.normpath("/data/cat.jpg"))
 
 
 @pytest.mark.parametrize(
@@ -100,6 +113,10 @@ def test_unsupported_schemes(value):
         "file://remotehost/x",
         "file://",
         "images/a\x00b.jpg",
+        "http://[]@",  # yarl 1.25 raises IndexError on it
+        "http://[::1]@/x.jpg",
+        "file://[",  # urlsplit raises ValueError on it
+        "file:///images/a%00b.jpg",  # open() would raise ValueError on the NUL
     ],
 )
 def test_invalid_urls(value):
@@ -130,3 +147,7 @@ def test_base_dir_of(tmp_path, monkeypatch):
 def test_relative_path_through_base_dir_of(tmp_path):
     base = base_dir_of(str(tmp_path / "pairs.csv"))
     assert classify_image_ref("img/x.jpg", base) == ImageSource("file", str(tmp_path / "img" / "x.jpg"))
+
+
+def test_relative_file_url_resolves_against_base_dir():
+    assert classify_image_ref("file:img/x.jpg", BASE) == ImageSource("file", os.path.join(BASE, "img", "x.jpg"))

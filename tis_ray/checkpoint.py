@@ -6,7 +6,8 @@ Parquet part files named by the contiguous row range they cover
 fsync'ed and renamed, so a part either exists whole or not at all. A manifest
 records what the rows were scored from (the input's path, size and modification
 time, and the settings that change results); a resume with anything different is
-refused. At the end the parts are joined into the output and the folder removed.
+refused. At the end the parts are joined into the output and the folder removed. For
+an object-store output the folder is kept in the working folder instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .output import write_durably
 from .records import InputError
 
@@ -42,8 +44,9 @@ class JobIdentity:
 
     @classmethod
     def of(cls, input_path: str, settings: dict) -> JobIdentity:
-        info = os.stat(input_path)
-        return cls(os.path.abspath(input_path), info.st_size, info.st_mtime_ns, settings)
+        filesystem, inner = storage.resolve(input_path)
+        info = filesystem.get_file_info(inner)
+        return cls(storage.without_query(inner), info.size, info.mtime_ns or 0, settings)
 
     def differences(self, other: JobIdentity) -> list[str]:
         """Human-readable names of what differs (empty when the two match)."""
@@ -57,7 +60,10 @@ class JobIdentity:
 
 
 def checkpoint_dir(output_path: str) -> str:
-    return f"{output_path}.parts"
+    """Beside a local output; in the working folder for an object-store output (parts are local files)."""
+    if storage.is_object_store(output_path):
+        return os.path.abspath(f"{os.path.basename(storage.without_query(output_path))}.parts")
+    return f"{storage.localize(output_path)}.parts"
 
 
 class Checkpoint:

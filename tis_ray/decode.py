@@ -28,8 +28,13 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 CORRUPT_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error)
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode the first frame, apply EXIF orientation and return it as RGB."""
+def decode_image(data: bytes, max_pixels: int, min_side: int | None = None) -> Image.Image:
+    """Decode the first frame, apply EXIF orientation and return it as RGB.
+
+    With `min_side`, a JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8, done by
+    libjpeg in the DCT domain, several times faster) as long as both sides stay at
+    least `min_side`. Other formats are always decoded whole.
+    """
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
@@ -47,6 +52,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         )
     if image.width < 1 or image.height < 1:
         raise RowError(errors.DECODE_ERROR, "the image has no pixels")
+    if min_side and image.format == "JPEG":
+        image.draft(None, (min_side, min_side))
     try:
         image.load()
         image = ImageOps.exif_transpose(image)

@@ -11,6 +11,7 @@ from __future__ import annotations
 INVALID_URL = "invalid_url"
 UNSUPPORTED_SCHEME = "unsupported_scheme"
 FILE_NOT_FOUND = "file_not_found"
+STORAGE_ERROR = "storage_error"  # an object store refused or failed a read (access denied, network)
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection_error"
 TOO_MANY_REDIRECTS = "too_many_redirects"

@@ -1,4 +1,5 @@
-"""Fetching image bytes: http(s) with aiohttp, or a local file, with hard limits.
+"""Fetching image bytes: http(s) with aiohttp, a local file, or an object-store
+object (`storage`), with hard limits.
 
 Each image gets one deadline covering connection, redirects, retries and the
 body; the body is read as a stream and abandoned at the byte cap. Redirects are
@@ -10,7 +11,6 @@ internal addresses).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import math
 import random
@@ -21,9 +21,10 @@ from datetime import timezone
 import aiohttp
 import yarl
 
-from . import errors
+from . import errors, storage
 from .config import FetchConfig
 from .errors import RowError
+from .hosts import HostBackoff, HostSlots, host_key
 from .sources import HTTP_SCHEMES, ImageSource
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -43,32 +44,8 @@ def open_session(cfg: FetchConfig, connector: aiohttp.BaseConnector | None = Non
     )
 
 
-class HostSlots:
-    """At most `limit` requests at a time to one host, so one slow host cannot take every slot.
-
-    Waiting for a slot happens before an image's deadline starts: a row queued
-    behind a slow host is not reported as a timeout. Idle hosts are forgotten.
-    """
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._hosts: dict[str, list] = {}  # host -> [semaphore, users]
-
-    @contextlib.asynccontextmanager
-    async def hold(self, host: str):
-        entry = self._hosts.setdefault(host, [asyncio.Semaphore(self.limit), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._hosts[host]
-
-
 class ImageFetcher:
-    """What a fetch actor or a Serve replica holds: one session, an in-flight cap, host slots."""
+    """What a fetch actor or a Serve replica holds: one session, an in-flight cap, per-host politeness."""
 
     def __init__(self, cfg: FetchConfig, url_check: UrlCheck | None = None,
                  connector: aiohttp.BaseConnector | None = None):
@@ -77,25 +54,40 @@ class ImageFetcher:
         self.session = open_session(cfg, connector)  # needs the running event loop
         self.in_flight = asyncio.Semaphore(cfg.max_in_flight)
         self.host_slots = HostSlots(cfg.per_host_limit)
+        self.backoff = HostBackoff()
 
     async def fetch(self, source: ImageSource) -> bytes:
-        host = (yarl.URL(source.location).host or "") if source.kind == "http" else "local files"
-        async with self.in_flight, self.host_slots.hold(host):
-            return await fetch_bytes(self.session, source, self.cfg, self.url_check)
+        """The bytes, or `RowError`. Queueing for the host and its back-off come before the deadline.
+
+        The host's slot is taken before an in-flight one, so requests queued behind one
+        busy or backed-off host do not hold the in-flight slots other hosts need.
+        """
+        host = host_key(yarl.URL(source.location)) if source.kind == "http" else "local files"
+        async with self.host_slots.hold(host):
+            await self.backoff.wait(host)
+            async with self.in_flight:
+                return await fetch_bytes(self.session, source, self.cfg, self.url_check, self.backoff)
 
     async def close(self) -> None:
         await self.session.close()
 
 
 async def fetch_bytes(
-    session: aiohttp.ClientSession, source: ImageSource, cfg: FetchConfig, url_check: UrlCheck | None = None
+    session: aiohttp.ClientSession, source: ImageSource, cfg: FetchConfig, url_check: UrlCheck | None = None,
+    backoff: HostBackoff | None = None,
 ) -> bytes:
-    """The image's bytes, or `RowError`; never longer than ``cfg.timeout_s``."""
+    """The image's bytes, or `RowError`; never longer than ``cfg.timeout_s``.
+
+    A 429 backs its host off in `backoff` (a fresh one when None), and a retry waits
+    for its host's back-off, whichever request started it.
+    """
     try:
         async with asyncio.timeout(cfg.timeout_s):
             if source.kind == "file":
                 return await asyncio.to_thread(read_file_bytes, source.location, cfg.max_bytes)
-            return await _fetch_http(session, yarl.URL(source.location), cfg, url_check)
+            if source.kind == "object":
+                return await asyncio.to_thread(storage.read_object, source.location, cfg.max_bytes)
+            return await _fetch_http(session, yarl.URL(source.location), cfg, url_check, backoff or HostBackoff())
     except TimeoutError:
         raise RowError(errors.TIMEOUT, f"no complete image within {cfg.timeout_s:g}s") from None
 
@@ -116,24 +108,28 @@ def read_file_bytes(path: str, max_bytes: int) -> bytes:
 
 
 async def _fetch_http(
-    session: aiohttp.ClientSession, url: yarl.URL, cfg: FetchConfig, url_check: UrlCheck | None
+    session: aiohttp.ClientSession, url: yarl.URL, cfg: FetchConfig, url_check: UrlCheck | None,
+    backoff: HostBackoff,
 ) -> bytes:
     attempt = 0
     while True:
         try:
             return await _follow_redirects(session, url, cfg, url_check)
         except _Retryable as retry:
+            delay = retry.delay if retry.delay is not None else _backoff(cfg, attempt)
+            if retry.throttled_by is not None:
+                backoff.back_off(retry.throttled_by, delay)
             if attempt >= cfg.retries:
                 raise retry.error from None
-            delay = retry.delay if retry.delay is not None else _backoff(cfg, attempt)
             attempt += 1
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(delay, backoff.remaining(host_key(url))))
 
 
 class _Retryable(Exception):
-    def __init__(self, error: RowError, delay: float | None = None):
+    def __init__(self, error: RowError, delay: float | None = None, throttled_by: str | None = None):
         self.error = error
         self.delay = delay
+        self.throttled_by = throttled_by  # the host that answered 429
 
 
 def _backoff(cfg: FetchConfig, attempt: int) -> float:
@@ -154,12 +150,16 @@ async def _follow_redirects(
                 if 200 <= resp.status < 300:
                     return await _read_capped(resp, cfg.max_bytes)
                 error = RowError(errors.http_kind(resp.status), resp.reason or "HTTP error")
-                if resp.status == 429 or resp.status >= 500:
+                if resp.status == 429:
+                    raise _Retryable(error, _retry_after(resp, cfg), throttled_by=host_key(url))
+                if resp.status >= 500:
                     raise _Retryable(error, _retry_after(resp, cfg))
                 raise error
         except aiohttp.InvalidURL as exc:
             raise RowError(errors.INVALID_URL, str(exc)) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except aiohttp.ClientError as exc:
+            # Broken connections, and replies that break HTTP: aiohttp's parser reports a bad
+            # status line, bad headers or bytes beyond the Content-Length as ClientResponseError.
             raise _Retryable(RowError(errors.CONNECTION_ERROR, _describe(exc))) from None
     raise RowError(errors.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects} redirects")
 
@@ -205,7 +205,10 @@ def _retry_after(resp: aiohttp.ClientResponse, cfg: FetchConfig) -> float | None
     return min(max(seconds, 0.0), cfg.retry_after_cap_s)
 
 
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip()
+def _describe(exc: Exception, limit: int = 300) -> str:
+    """The exception in one short line: aiohttp quotes the bytes it could not parse, all of them."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -1,4 +1,5 @@
-"""Writing results: streamed to a hidden file beside the target, renamed when complete.
+"""Writing results: streamed to a hidden file beside the target, renamed when complete
+(for an object store: staged locally, uploaded when complete).
 
 A reader of OUTPUT therefore sees either nothing or the whole file, never a part.
 """
@@ -14,11 +15,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import storage
 from .records import InputError
 
 
 def output_format(path: str) -> str:
-    name = path.lower()
+    name = storage.without_query(path).lower()
     if name.endswith(".csv"):
         return "csv"
     if name.endswith((".parquet", ".pq")):
@@ -29,6 +31,11 @@ def output_format(path: str) -> str:
 def check_output_path(path: str) -> None:
     """Fail before any work if the output cannot be written where asked."""
     output_format(path)
+    if storage.is_object_store(path):
+        if problem := _object_store_problem(path):
+            raise InputError(f"{path}: {problem}")
+        return
+    path = storage.localize(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"{path}: the output folder {folder} does not exist")
@@ -44,8 +51,9 @@ def write_atomically(batches: Iterable[pa.Table], path: str, empty_schema: pa.Sc
     `empty_schema` gives the header of the file when the input had no rows.
     """
     fmt = output_format(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+    path = storage.localize(path)
+    name = os.path.basename(storage.without_query(path))
+    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=storage.staging_folder(path))
     os.close(fd)
     writer = None
     try:
@@ -59,12 +67,19 @@ def write_atomically(batches: Iterable[pa.Table], path: str, empty_schema: pa.Sc
         writer.close()
         writer = None
         _fsync(temp)
-        os.replace(temp, path)
+        storage.publish(temp, path)
     finally:
         if writer is not None:
             writer.close()
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+def _object_store_problem(path: str) -> str | None:
+    try:
+        return storage.check_writable_bucket(path)
+    except (OSError, ValueError) as exc:  # an unreachable store or missing credentials
+        return f"cannot reach the output's store: {exc}"
 
 
 def write_durably(path: str, write: Callable[[str], None]) -> None:
@@ -80,20 +95,31 @@ def write_durably(path: str, write: Callable[[str], None]) -> None:
     _fsync(os.path.dirname(os.path.abspath(path)))
 
 
+def beside(path: str, suffix: str) -> str:
+    """A name for a file kept next to `path` (before an object-store URL's options)."""
+    base, sep, options = path.partition("?") if storage.is_object_store(path) else (path, "", "")
+    return f"{base}{suffix}{sep}{options}"
+
+
 def stats_path(output_path: str) -> str:
-    return f"{output_path}.stats.json"
+    return beside(output_path, ".stats.json")
 
 
 def write_stats(output_path: str, stats: dict) -> str:
-    """``<output>.stats.json``, written whole; returns its path."""
-    path = stats_path(output_path)
+    """``<output>.stats.json``, written whole (renamed locally, one upload to an object store)."""
+    path = storage.localize(stats_path(output_path))
 
     def dump(temp: str) -> None:
         with open(temp, "w") as f:
             json.dump(stats, f, indent=2)
             f.write("\n")
 
-    write_durably(path, dump)
+    if storage.is_object_store(path):
+        staged = os.path.join(storage.staging_folder(path), f".tis-ray-stats-{os.getpid()}.json")
+        dump(staged)
+        storage.publish(staged, path)
+    else:
+        write_durably(path, dump)
     return path
 
 

@@ -1,67 +1,33 @@
 """Ray Data wiring: read -> fetch actors (CPU) -> scorer actors (GPU where present).
 
-Nothing here touches pixels or models; it sizes the actor pools from the cluster,
+Nothing here touches pixels or models; it asks `placement` for the actor pools,
 asks Ray to keep row order, and reads the user's file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
+from . import storage
 from .config import FetchConfig, ModelConfig, PipelineConfig
+from .placement import FETCH_CPUS, READ_CPUS, gpu_wait_message, plan_pools
 from .preprocess import PreprocessSpec
-from .records import input_format
+from .records import csv_read_options, input_format
 from .stages import FetchStage, ScoreStage
-
-# CPUs reserved per task or actor: small enough that a 2-core laptop fits Ray Data's
-# file listing (1 CPU, not ours to set), a reader, a fetch actor and a CPU scorer at
-# once. A CPU scorer runs torch on all the node's cores whatever it reserves.
-READ_CPUS = 0.25
-FETCH_CPUS = 0.5
-CPU_SCORER_CPUS = 0.5
-
-
-@dataclass(frozen=True)
-class PoolPlan:
-    fetch_actors: int
-    scorer_actors: int
-    scorer_gpus: float
-    scorer_cpus: float
-
-
-def plan_pools(model: ModelConfig, pipeline: PipelineConfig, resources: dict[str, float]) -> PoolPlan:
-    """Actor counts and resources from the cluster's totals, unless set by the user."""
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
-    use_gpus = model.device != "cpu" and gpus > 0
-    default_scorers = gpus if use_gpus else 1
-    default_fetchers = max(1, (cpus - (0 if use_gpus else default_scorers)) // 2) if cpus > 2 else 1
-    return PoolPlan(
-        fetch_actors=pipeline.fetch_actors or default_fetchers,
-        scorer_actors=pipeline.scorer_actors or default_scorers,
-        scorer_gpus=1.0 if use_gpus else 0.0,
-        scorer_cpus=1.0 if use_gpus else CPU_SCORER_CPUS,
-    )
 
 
 def read_records(path: str, schema: pa.Schema) -> Dataset:
-    """The input file as a Dataset; CSV cells stay text exactly as written."""
+    """The input file (a path or a URL, see `storage`) as a Dataset; CSV cells stay text as written."""
+    filesystem, inner = storage.resolve(path)
     if input_format(path) == "parquet":
-        return ray.data.read_parquet(path, num_cpus=READ_CPUS)
+        return ray.data.read_parquet(inner, filesystem=filesystem, num_cpus=READ_CPUS)
+    parse_options, convert_options = csv_read_options(schema)
     return ray.data.read_csv(
-        path,
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict(zip(schema.names, schema.types)),
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-        num_cpus=READ_CPUS,
+        inner, filesystem=filesystem, parse_options=parse_options, convert_options=convert_options, num_cpus=READ_CPUS
     )
 
 
@@ -90,7 +56,10 @@ def add_scores(
     # Each Dataset carries the DataContext copied when it was created (here, at read
     # time), so order is asked for on the dataset itself, not on the current context.
     ds.context.execution_options.preserve_order = True
-    plan = plan_pools(model, pipeline, ray.cluster_resources())
+    resources = ray.cluster_resources()
+    plan = plan_pools(model, pipeline, resources)
+    if warning := gpu_wait_message(plan, resources):
+        logging.getLogger(__name__).warning(warning)
     fetched = ds.map_batches(
         FetchStage,
         fn_constructor_kwargs=dict(image_column=image_column, base_dir=base_dir, fetch=fetch, spec=spec),

@@ -16,13 +16,17 @@ import numpy as np
 from .config import FetchConfig
 from .decode import decode_image
 from .fetch import ImageFetcher
-from .preprocess import PreprocessSpec, resize_and_crop
+from .preprocess import PreprocessSpec, min_decode_side, resize_and_crop
 from .sources import ImageSource
 
 
-def bytes_to_pixels(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
-    """Image bytes to the (H, W, 3) uint8 pixels the scorer wants; `RowError` if they are not an image."""
-    return resize_and_crop(decode_image(data, max_pixels), spec)
+def bytes_to_pixels(data: bytes, spec: PreprocessSpec, max_pixels: int, reduced_decode: bool = True) -> np.ndarray:
+    """Image bytes to the (H, W, 3) uint8 pixels the scorer wants; `RowError` if they are not an image.
+
+    `reduced_decode` lets a large JPEG decode at 1/2 to 1/8 scale (see `decode_image`).
+    """
+    min_side = min_decode_side(spec) if reduced_decode else None
+    return resize_and_crop(decode_image(data, max_pixels, min_side), spec)
 
 
 class ImagePreparer:
@@ -47,7 +51,9 @@ class ImagePreparer:
 
     async def from_bytes(self, data: bytes) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decoder, bytes_to_pixels, data, self.spec, self.fetch.max_pixels)
+        return await loop.run_in_executor(
+            self.decoder, bytes_to_pixels, data, self.spec, self.fetch.max_pixels, self.fetch.reduced_decode
+        )
 
     async def close(self) -> None:
         if self.fetcher is not None:

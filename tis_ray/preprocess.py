@@ -61,6 +61,20 @@ class PreprocessSpec:
         raise ValueError("a shortest-edge resize without a crop has no fixed output size")
 
 
+# A reduced-size JPEG decode keeps at least this many times the model's input side,
+# so the final bicubic resize still averages several source pixels per output pixel.
+DRAFT_OVERSAMPLE = 2
+
+
+def min_decode_side(spec: PreprocessSpec, oversample: int = DRAFT_OVERSAMPLE) -> int | None:
+    """The smallest side a reduced-size decode may leave; None where no resize follows."""
+    if spec.resize_to:
+        return max(spec.resize_to) * oversample
+    if spec.shortest_edge:
+        return spec.shortest_edge * oversample
+    return None  # a crop at the source's own resolution: decoding smaller would change it
+
+
 def resize_and_crop(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """An RGB image to a (height, width, 3) uint8 array, ready for `normalize`."""
     height, width = _resized_size(image.height, image.width, spec)

@@ -7,12 +7,13 @@ message, not a failed job.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import storage
 from .errors import EMPTY_CAPTION, RowError
 
 IMAGE_COLUMN_CANDIDATES = ("image_url", "url", "image", "image_path")
@@ -49,7 +50,7 @@ class ScoreResult:
 
 def input_format(path: str) -> str:
     """``"csv"`` or ``"parquet"``, from the file name."""
-    name = path.lower()
+    name = storage.without_query(path).lower()
     if name.endswith((".csv", ".csv.gz", ".tsv")):
         return "csv"
     if name.endswith((".parquet", ".pq")):
@@ -59,15 +60,16 @@ def input_format(path: str) -> str:
 
 def read_columns(path: str) -> list[str]:
     """The input's column names, read from the CSV header or the Parquet schema."""
-    if not os.path.exists(path):
+    kind = _input_kind(path)
+    if kind == "missing":
         raise InputError(f"{path}: no such file")
-    if os.path.isdir(path):
+    if kind == "folder":
         raise InputError(f"{path}: is a folder, expected a .csv or .parquet file")
     fmt = input_format(path)
     try:
         if fmt == "parquet":
-            return list(pq.read_schema(path).names)
-        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(_read_parquet_schema(path).names)
+        with storage.open_text(path) as f:
             header = next(csv.reader(f), None)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read {fmt} header: {exc}") from None
@@ -78,11 +80,39 @@ def read_columns(path: str) -> list[str]:
     return header
 
 
+def _input_kind(path: str) -> str:
+    try:
+        return storage.kind_of(path)
+    except (OSError, ValueError) as exc:  # an unreachable store, a bad URL or missing credentials
+        raise InputError(f"{path}: cannot reach the input: {exc}") from None
+
+
+def _read_parquet_schema(path: str) -> pa.Schema:
+    fs, inner = storage.resolve(path)
+    return pq.read_schema(inner, filesystem=fs)
+
+
 def input_schema(path: str, columns: list[str]) -> pa.Schema:
     """The schema rows are read with: Parquet's own, or all-text for CSV (cells stay as written)."""
     if input_format(path) == "parquet":
-        return pq.read_schema(path)
+        return _read_parquet_schema(path)
     return pa.schema([(name, pa.string()) for name in columns])
+
+
+def csv_read_options(schema: pa.Schema) -> tuple[pacsv.ParseOptions, pacsv.ConvertOptions]:
+    """How a CSV input is parsed: quoted fields may hold newlines, every cell stays the text written.
+
+    An empty cell is the empty string, never null: an empty caption is a row error
+    (`check_caption`), not a missing value.
+    """
+    return (
+        pacsv.ParseOptions(newlines_in_values=True),
+        pacsv.ConvertOptions(
+            column_types=dict(zip(schema.names, schema.types)),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
 
 
 def pick_columns(

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import storage
 from .errors import error_kind, is_retryable
 from .records import RESULT_COLUMNS, InputError, input_format
 
@@ -19,18 +20,20 @@ from .records import RESULT_COLUMNS, InputError, input_format
 def read_previous_output(path: str, input_schema: pa.Schema) -> pa.Table:
     """A previous output of the same input: its input columns typed as the input's, then the results."""
     try:
+        filesystem, inner = storage.resolve(path)
         if input_format(path) == "parquet":
-            table = pq.read_table(path)
+            table = pq.read_table(inner, filesystem=filesystem)
         else:
             types = {**dict(zip(input_schema.names, input_schema.types)),
                      "similarity": pa.float64(), "cosine": pa.float64(), "error": pa.string()}
-            table = pacsv.read_csv(
-                path,
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                # the writer quotes every string and leaves nulls empty: "" and null stay apart
-                convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
-                                                     quoted_strings_can_be_null=False),
-            )
+            with filesystem.open_input_stream(inner) as stream:
+                table = pacsv.read_csv(
+                    stream,
+                    parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                    # the writer quotes every string and leaves nulls empty: "" and null stay apart
+                    convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                                         quoted_strings_can_be_null=False),
+                )
     except FileNotFoundError:
         raise InputError(f"{path}: no such file (the previous output to retry)") from None
     except (OSError, pa.ArrowInvalid) as exc:

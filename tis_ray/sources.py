@@ -1,8 +1,9 @@
 """Where a row's image comes from: classify the raw value of the image column.
 
-Pure string logic, no I/O: a value is an http(s) URL, a ``file://`` URL or a local
-path (relative paths resolve against the input file's folder). Anything else is a
-row error before a single byte is fetched.
+Pure string logic, no I/O: a value is an http(s) URL, a ``file://`` URL, an object
+store URL (``s3://``, ``gs://``) or a path (relative paths resolve against the input
+file's folder, wherever it lives). Anything else is a row error before a single byte
+is fetched.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import yarl
 
+from . import storage
 from .errors import INVALID_URL, MISSING_IMAGE, UNSUPPORTED_SCHEME, RowError
 
 HTTP_SCHEMES = ("http", "https")
@@ -21,8 +23,8 @@ HTTP_SCHEMES = ("http", "https")
 
 @dataclass(frozen=True)
 class ImageSource:
-    kind: Literal["http", "file"]
-    location: str  # the URL for http, an absolute path for file
+    kind: Literal["http", "file", "object"]
+    location: str  # the URL for http and object, an absolute path for file
 
 
 def classify_image_ref(value: object, base_dir: str) -> ImageSource:
@@ -37,35 +39,28 @@ def classify_image_ref(value: object, base_dir: str) -> ImageSource:
     if "\x00" in ref:
         raise RowError(INVALID_URL, "contains a NUL byte")
 
-    scheme = _scheme_of(ref)
+    scheme = storage.scheme_of(ref)
     if scheme is None:
-        return ImageSource("file", os.path.normpath(os.path.join(base_dir, ref)))
+        where = storage.join(base_dir, ref)
+        return ImageSource("object" if storage.is_object_store(where) else "file", where)
     if scheme in HTTP_SCHEMES:
         return ImageSource("http", _checked_http_url(ref))
     if scheme == "file":
-        return ImageSource("file", _file_url_path(ref))
-    raise RowError(UNSUPPORTED_SCHEME, f"'{scheme}' URLs are not supported (use http, https, file or a path)")
-
-
-def _scheme_of(ref: str) -> str | None:
-    """The URL scheme, or None for a plain path (a Windows drive letter is a path)."""
-    head, sep, _ = ref.partition(":")
-    if not sep or len(head) < 2 or not head[0].isalpha():
-        return None
-    if not all(c.isalnum() or c in "+-." for c in head):
-        return None
-    return head.lower()
+        return ImageSource("file", _file_url_path(ref, base_dir))
+    if scheme in storage.OBJECT_STORE_SCHEMES:
+        return ImageSource("object", ref)
+    raise RowError(UNSUPPORTED_SCHEME, f"'{scheme}' URLs are not supported (use http, https, file, s3, gs or a path)")
 
 
 def _checked_http_url(ref: str) -> str:
+    # yarl refuses what it cannot parse with ValueError, but a few hostile shapes make
+    # it fail otherwise ('http://[]@' raises IndexError in yarl 1.25); every one of
+    # them is the URL's fault, so every one is invalid_url, not a crash.
     try:
         url = yarl.URL(ref)
-    except (ValueError, TypeError) as exc:
-        raise RowError(INVALID_URL, f"{ref!r}: {exc}") from None
-    try:
         host, port = url.host, url.port
-    except ValueError as exc:
-        raise RowError(INVALID_URL, f"{ref!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise RowError(INVALID_URL, f"{ref!r}: {exc or type(exc).__name__}") from None
     if not host:
         raise RowError(INVALID_URL, f"{ref!r} has no host")
     if port is not None and not 0 < port < 65536:
@@ -75,16 +70,22 @@ def _checked_http_url(ref: str) -> str:
     return ref
 
 
-def _file_url_path(ref: str) -> str:
-    parts = urlsplit(ref)
+def _file_url_path(ref: str, base_dir: str) -> str:
+    """The path a file URL names; a relative one ('file:a.jpg') resolves like a relative path."""
+    try:
+        parts = urlsplit(ref)
+    except ValueError as exc:  # an unclosed '[' in the host part: 'file://['
+        raise RowError(INVALID_URL, f"{ref!r}: {exc}") from None
     if parts.netloc not in ("", "localhost"):
         raise RowError(INVALID_URL, f"file URL {ref!r} names a remote host")
     path = unquote(parts.path)
     if not path:
         raise RowError(INVALID_URL, f"file URL {ref!r} has no path")
-    return os.path.normpath(path)
+    if "\x00" in path:
+        raise RowError(INVALID_URL, f"file URL {ref!r} holds an escaped NUL byte")
+    return os.path.normpath(os.path.join(base_dir, path))
 
 
 def base_dir_of(input_path: str | None) -> str:
     """The folder that relative image paths resolve against: the input file's, else the working one."""
-    return os.path.dirname(os.path.abspath(input_path)) if input_path else os.getcwd()
+    return storage.parent_of(input_path) if input_path else os.getcwd()

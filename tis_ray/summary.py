@@ -7,10 +7,11 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 
-from . import __version__
+from . import __version__, storage
 from .errors import error_kind
 from .stages import RUNTIME, TRUNCATED
 
@@ -70,8 +71,8 @@ class JobSummary:
         return {
             "tool": "tis-ray",
             "version": __version__,
-            "input": os.path.abspath(input_path),
-            "output": os.path.abspath(output_path),
+            "input": _where(input_path),
+            "output": _where(output_path),
             "mode": mode,
             "rows": self.rows,
             "outcomes": {"scored": self.scored, "error": sum(self.errors.values())},
@@ -86,3 +87,11 @@ class JobSummary:
             "pairs_per_second": round(self.pairs_per_second, 2),
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+
+
+def _where(path: str) -> str:
+    """A path made absolute, or an object-store URL without its options and credentials."""
+    if storage.is_object_store(path):
+        parts = urlsplit(path)
+        return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    return os.path.abspath(storage.localize(path))

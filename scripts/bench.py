@@ -1,0 +1,205 @@
+"""Side-by-side benchmark: model only (a), the challenge baseline (b) and tis-ray (c).
+
+One command, one run, the same generated workload for every contender:
+
+    python scripts/bench.py                 # 2,000 pairs at 0 and 100 ms, vit-b-32, 3 rounds
+    python scripts/bench.py --quick         # a tiny version of everything (CI runs it)
+
+Each contender runs in a fresh subprocess (no shared caches, memory measured per
+contender as the summed PSS of its process tree). Results go to a JSON file, to the
+generated part of docs/benchmarks.md and to PNG plots in docs/images/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from benchkit import report
+from benchkit.memory import TreeMemorySampler
+from benchkit.workload import Workload, WorkloadSpec, build
+
+REPO = Path(__file__).resolve().parents[1]
+CONTENDERS = ("model_only", "baseline", "tis_ray")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "_contender":
+        return run_contender(json.loads(args.job))
+    started = time.time()
+    cache = Path(args.cache_dir)
+    model = args.model or build_model(args.arch, cache)
+    sizes = sorted({args.pairs, *args.sweep})
+    workload = build(WorkloadSpec(pairs=max(sizes), repeat_share=args.repeat_share), cache)
+    results: dict = {"machine": machine(), "settings": settings(args, model), "runs": [], "sweep": [], "levers": []}
+    with tempfile.TemporaryDirectory(prefix="tis-bench-") as tmp:
+        work = Path(tmp)
+        for latency in args.latency_ms:
+            with image_server(workload, latency) as base_url:
+                csv = prefix(workload, args.pairs).csv_for(base_url, work / f"pairs-{args.pairs}-{latency}ms.csv")
+                for round_ in range(args.runs):
+                    for name in CONTENDERS:
+                        if name == "model_only" and latency != args.latency_ms[0]:
+                            continue  # no network in (a): measured once per round
+                        result = contender(name, args, model, workload, args.pairs, csv, work)
+                        results["runs"].append({"latency_ms": latency, "round": round_, **result})
+                if latency == args.latency_ms[0]:
+                    for pairs in sizes:
+                        if pairs != args.pairs:
+                            sweep_csv = prefix(workload, pairs).csv_for(base_url, work / f"pairs-{pairs}.csv")
+                            result = contender("tis_ray", args, model, workload, pairs, sweep_csv, work)
+                            results["sweep"].append({"latency_ms": latency, **result})
+                    for label, overrides in lever_variants(args):
+                        result = contender("tis_ray", args, model, workload, args.pairs, csv, work, **overrides)
+                        results["levers"].append({"lever": label, "latency_ms": latency, **result})
+        results["accuracy"] = contender("accuracy", args, model, workload, args.pairs, None, work)["rows"]
+    results["seconds"] = time.time() - started
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+    report.write(results, Path(args.out), Path(args.plots))
+    print(report.summary_table(results))
+    print(f"wrote {args.json}, {args.out}, plots in {args.plots}")
+    return 0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "_contender"), help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--pairs", type=int, default=2000, help="pairs in the main comparison")
+    parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 100], help="server latency per request")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[10000], help="more sizes for tis-ray alone (memory vs N)")
+    parser.add_argument("--repeat-share", type=float, default=0.0, help="share of rows repeating an earlier URL")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of the main comparison (medians are quoted)")
+    parser.add_argument("--model", help="CLIP checkpoint folder (default: build --arch with make_test_model.py)")
+    parser.add_argument("--arch", default="vit-b-32", choices=("tiny", "vit-b-32"))
+    parser.add_argument("--dtype", default="auto", help="dtype for (a) and (c); (b) is float32 by definition")
+    parser.add_argument("--batch-size", type=int, default=64, help="pairs per model call in (a) and (c)")
+    parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run (c) with each speed lever turned off, at the first latency")
+    parser.add_argument("--accuracy-pairs", type=int, default=256, help="workload pairs in the accuracy check")
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "tis-ray-bench"))
+    parser.add_argument("--json", default=str(REPO / "docs" / "benchmarks.json"))
+    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    parser.add_argument("--plots", default=str(REPO / "docs" / "images"))
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny model, 48 pairs, 0 and 20 ms, one round: checks that everything still runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.arch, args.pairs, args.latency_ms, args.sweep, args.runs = "tiny", 48, [0, 20], [96], 1
+        args.accuracy_pairs = 16
+    return args
+
+
+def lever_variants(args) -> list[tuple[str, dict]]:
+    if not args.levers:
+        return []
+    return [("float32 instead of the fast dtype", {"dtype": "float32"}),
+            ("whole-image decode", {"reduced_decode": False})]
+
+
+def contender(name, args, model, workload: Workload, pairs, csv, work: Path, **overrides) -> dict:
+    """Run one contender in a fresh interpreter; its result, with time and peak memory."""
+    job = {"name": name, "model": model, "dtype": args.dtype, "batch_size": args.batch_size,
+           "workload": {"spec": asdict(workload.spec), "cache": str(workload.image_dir.parent)},
+           "pairs": pairs, "csv": str(csv) if csv else None, "work": str(work),
+           "accuracy_pairs": args.accuracy_pairs, "reduced_decode": True, **overrides}
+    result_path = work / f"result-{name}-{time.monotonic_ns()}.json"
+    job["result"] = str(result_path)
+    command = [sys.executable, str(Path(__file__).resolve()), "_contender", "--job", json.dumps(job)]
+    print(f"[bench] {name} {pairs} pairs {overrides or ''} {csv.name if csv else ''}", file=sys.stderr, flush=True)
+    process = subprocess.Popen(command, cwd=REPO)
+    with TreeMemorySampler(process.pid) as sampler:
+        if process.wait() != 0:
+            raise SystemExit(f"bench: contender {name} failed with exit status {process.returncode}")
+    result = json.loads(result_path.read_text())
+    result.update(name=name, memory=asdict(sampler.peaks), **overrides)
+    return result
+
+
+def run_contender(job: dict) -> int:
+    spec = WorkloadSpec(**job["workload"]["spec"])
+    workload = prefix(build(spec, Path(job["workload"]["cache"])), job["pairs"])
+    if job["name"] == "model_only":
+        from benchkit import model_only
+        result = model_only.run(workload, job["model"], job["dtype"], job["batch_size"])
+    elif job["name"] == "baseline":
+        from benchkit import baseline
+        urls, captions = read_csv(Path(job["csv"]))
+        result = baseline.run(urls, captions, job["model"])
+    elif job["name"] == "tis_ray":
+        from benchkit import pipeline_run
+        result = pipeline_run.run(Path(job["csv"]), Path(job["work"]), job["model"], job["dtype"],
+                                  job["batch_size"], job["reduced_decode"])
+    else:
+        from benchkit import accuracy
+        result = {"rows": accuracy.run(workload, job["model"], job["accuracy_pairs"])}
+    Path(job["result"]).write_text(json.dumps(result))
+    return 0
+
+
+def prefix(workload: Workload, pairs: int) -> Workload:
+    """The first `pairs` rows: a larger run's workload extends a smaller one's."""
+    return Workload(workload.spec, workload.image_dir, workload.names[:pairs], workload.captions[:pairs])
+
+
+def read_csv(path: Path) -> tuple[list[str], list[str]]:
+    import csv
+
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r["image_url"] for r in rows], [r["caption"] for r in rows]
+
+
+class image_server:
+    """The workload's images on 127.0.0.1 with a fixed latency, in a subprocess."""
+
+    def __init__(self, workload: Workload, latency_ms: float):
+        self.command = [sys.executable, str(Path(__file__).parent / "benchkit" / "image_server.py"),
+                        str(workload.image_dir), str(latency_ms)]
+
+    def __enter__(self) -> str:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True)
+        return f"http://127.0.0.1:{int(self.process.stdout.readline())}"
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def build_model(arch: str, cache: Path) -> str:
+    folder = cache / f"model-{arch}"
+    if not (folder / "config.json").exists():
+        subprocess.run([sys.executable, str(REPO / "scripts" / "make_test_model.py"), str(folder), "--arch", arch],
+                       check=True)
+    return str(folder)
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def settings(args, model: str) -> dict:
+    return {"pairs": args.pairs, "latency_ms": args.latency_ms, "sweep": args.sweep, "runs": args.runs,
+            "repeat_share": args.repeat_share, "arch": args.arch if not args.model else None, "model": model,
+            "dtype": args.dtype, "batch_size": args.batch_size, "quick": args.quick}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Parts of `scripts/bench.py`: workload, image server, the three contenders, memory, report."""

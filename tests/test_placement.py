@@ -1,0 +1,52 @@
+"""Pool sizes and per-actor resources from the cluster's totals (pure arithmetic, no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tis_ray.config import ModelConfig, PipelineConfig
+from tis_ray.placement import GPU_SCORER_CPUS, gpu_wait_message, plan_pools
+
+AUTO = ModelConfig(device="auto")
+DEFAULTS = PipelineConfig()
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_one_gpu_scorer_per_gpu_and_fetchers_from_the_cpus_left(gpus):
+    plan = plan_pools(AUTO, DEFAULTS, {"CPU": 4 + 16 * 2, "GPU": gpus})
+    assert (plan.scorer_actors, plan.scorer_gpus, plan.scorer_cpus) == (gpus, 1.0, GPU_SCORER_CPUS)
+    assert plan.fetch_actors == (36 - gpus * GPU_SCORER_CPUS) // 2
+
+
+def test_cpu_only_cluster_gets_one_cpu_scorer_and_keeps_a_core_for_it():
+    plan = plan_pools(AUTO, DEFAULTS, {"CPU": 9})
+    assert (plan.scorer_actors, plan.scorer_gpus) == (1, 0.0)
+    assert plan.scorer_cpus < 1  # fits beside a fetch actor on a 2-core laptop
+    assert plan.fetch_actors == 4
+
+
+@pytest.mark.parametrize("cpus", [0, 1, 2])
+def test_small_machines_still_get_one_of_each(cpus):
+    plan = plan_pools(AUTO, DEFAULTS, {"CPU": cpus})
+    assert (plan.fetch_actors, plan.scorer_actors) == (1, 1)
+
+
+def test_device_cpu_ignores_the_gpus():
+    plan = plan_pools(ModelConfig(device="cpu"), DEFAULTS, {"CPU": 8, "GPU": 2})
+    assert (plan.scorer_actors, plan.scorer_gpus) == (1, 0.0)
+    assert gpu_wait_message(plan, {"CPU": 8, "GPU": 2}) is None
+
+
+def test_device_cuda_asks_for_gpus_the_cluster_has_not_got_yet():
+    """An autoscaling GPU group at min 0 has no GPU until a job asks for one."""
+    resources = {"CPU": 4}
+    plan = plan_pools(ModelConfig(device="cuda"), PipelineConfig(scorer_actors=3), resources)
+    assert (plan.scorer_actors, plan.scorer_gpus) == (3, 1.0)
+    message = gpu_wait_message(plan, resources)
+    assert "3 scorer actor(s)" in message and "has 0" in message and "--device cpu" in message
+    assert gpu_wait_message(plan, {"CPU": 4, "GPU": 3}) is None
+
+
+def test_user_sizes_win():
+    plan = plan_pools(AUTO, PipelineConfig(fetch_actors=7, scorer_actors=2), {"CPU": 64, "GPU": 8})
+    assert (plan.fetch_actors, plan.scorer_actors) == (7, 2)

@@ -1,0 +1,123 @@
+"""Inputs, outputs and image cells as URLs through pyarrow filesystems: ``file://``
+always, and ``s3://`` against a real S3-compatible server (moto's, on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.fs as pafs
+import pytest
+
+from conftest import free_port
+from job_rows import check_scored, read_scored_csv, sample_rows, write_pairs_csv
+from jobs import assert_stats_add_up
+from tis_ray import errors, score_file, storage
+from tis_ray.config import FetchConfig, ModelConfig
+from tis_ray.errors import RowError
+from tis_ray.output import check_output_path
+from tis_ray.records import InputError, read_columns
+from tis_ray.sources import base_dir_of
+
+FAST_FETCH = FetchConfig(timeout_s=5.0, retries=1, backoff_s=0.05)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model) -> ModelConfig:
+    return ModelConfig(model=tiny_model, device="cpu", dtype="float32")
+
+
+# --- file:// -----------------------------------------------------------------
+
+
+def test_file_urls_for_input_and_output(local_ray, model, tiny_model, image_server, photos, tmp_path):
+    rows = sample_rows(image_server, photos)
+    write_pairs_csv(tmp_path / "pairs.csv", rows)
+    assert read_columns((tmp_path / "pairs.csv").as_uri()) == ["id", "image_url", "caption"]
+    out = tmp_path / "scored.csv"
+    score_file((tmp_path / "pairs.csv").as_uri(), out.as_uri(), model=model, fetch=FAST_FETCH, progress=False)
+    check_scored(read_scored_csv(out), rows, tiny_model, photos)
+    assert_stats_add_up(out, len(rows))
+    # nothing staged is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv", "scored.csv", "scored.csv.stats.json"]
+
+
+def test_file_url_input_and_output_problems_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_columns((tmp_path / "missing.csv").as_uri())
+    with pytest.raises(InputError, match="is a folder"):
+        read_columns(tmp_path.as_uri() + "/")
+    with pytest.raises(InputError, match="does not exist"):
+        check_output_path((tmp_path / "no-such-folder" / "out.csv").as_uri())
+
+
+def test_relative_images_of_a_file_url_input_resolve_beside_it(tmp_path):
+    assert base_dir_of((tmp_path / "pairs.csv").as_uri()) == str(tmp_path)
+
+
+# --- s3:// against a real S3-compatible server on loopback --------------------
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 and a bucket holding the photos. Credentials,
+    endpoint and region travel in each URL's query, so no AWS lookup ever happens."""
+    server_module = pytest.importorskip(
+        "moto.server", reason="moto[server] (a test extra) is not installed: the s3:// tests need its S3 server")
+    port = free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", endpoint_override=f"127.0.0.1:{port}",
+                           scheme="http", region="us-east-1", allow_bucket_creation=True)
+    fs.create_dir("photos")
+
+    def url(key: str) -> str:
+        return f"s3://testing:testing@photos/{key}?{options}"
+
+    try:
+        yield fs, url
+    finally:
+        server.stop()
+
+
+def test_s3_input_output_and_images(local_ray, s3, model, tiny_model, image_server, photos, tmp_path):
+    fs, url = s3
+    for name in ("chelsea", "rocket"):
+        with fs.open_output_stream(f"photos/img/{name}.jpg") as out:
+            out.write(photos[name].read_bytes())
+    rows = sample_rows(image_server, photos) + [
+        (url("img/chelsea.jpg"), "a cat in a bucket", "chelsea"),
+        ("img/rocket.jpg", "a rocket beside the input", "rocket"),  # relative to the input's folder
+        (url("img/missing.jpg"), "no such object", "file_not_found"),
+    ]
+    write_pairs_csv(tmp_path / "pairs.csv", rows)
+    with fs.open_output_stream("photos/pairs.csv") as out:
+        out.write((tmp_path / "pairs.csv").read_bytes())
+    score_file(url("pairs.csv"), url("out/scored.csv"), model=model, fetch=FAST_FETCH, progress=False)
+    with fs.open_input_stream("photos/out/scored.csv") as scored:
+        check_scored(read_scored_csv(scored), rows, tiny_model, photos)
+    with fs.open_input_stream("photos/out/scored.csv.stats.json") as stats:
+        assert json.loads(stats.read())["rows"] == len(rows)
+
+
+def test_s3_output_checks_the_bucket_before_any_work(s3):
+    _, url = s3
+    with pytest.raises(InputError, match="bucket no-such-bucket does not exist"):
+        check_output_path(url("out.csv").replace("@photos/", "@no-such-bucket/"))
+    with pytest.raises(InputError, match="no such file"):
+        read_columns(url("not-there.csv"))
+    check_output_path(url("new/out.parquet"))
+
+
+def test_s3_image_errors_name_the_object_without_secrets(s3):
+    fs, url = s3
+    with fs.open_output_stream("photos/big.jpg") as out:
+        out.write(b"\xff" * 2048)
+    with pytest.raises(RowError) as missing:
+        storage.read_object(url("nope.jpg"), max_bytes=1024)
+    assert missing.value.kind == errors.FILE_NOT_FOUND
+    assert str(missing.value) == "file_not_found: s3://photos/nope.jpg: no such object"
+    with pytest.raises(RowError) as big:
+        storage.read_object(url("big.jpg"), max_bytes=1024)
+    assert big.value.kind == errors.TOO_LARGE
+    assert storage.read_object(url("big.jpg"), max_bytes=4096) == b"\xff" * 2048

@@ -1,0 +1,62 @@
+"""How many actors of each kind, and what each asks Ray for: pure arithmetic on the
+cluster's resource totals, so it is tested without a cluster.
+
+Fetch actors ask for CPU only, so Ray never parks them on a GPU node's slot; scorer
+actors ask for one GPU each where the cluster has GPUs (or the user asked for CUDA,
+which on an autoscaling cluster brings GPU nodes up from zero), else they are CPU
+actors. Pool sizes follow the cluster unless the user set them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .config import ModelConfig, PipelineConfig
+
+# CPUs reserved per task or actor: small enough that a 2-core laptop fits Ray Data's
+# file listing (1 CPU, not ours to set), a reader, a fetch actor and a CPU scorer at
+# once. A CPU scorer runs torch on all the node's cores whatever it reserves.
+READ_CPUS = 0.25
+FETCH_CPUS = 0.5
+CPU_SCORER_CPUS = 0.5
+GPU_SCORER_CPUS = 1.0  # feeds its GPU: collates batches and tokenizes captions
+# Cores one fetch actor keeps busy (its event loop and two decode threads); the
+# default pool has one actor per this many spare cores.
+CORES_PER_FETCH_ACTOR = 2
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    fetch_actors: int
+    scorer_actors: int
+    scorer_gpus: float
+    scorer_cpus: float
+
+
+def plan_pools(model: ModelConfig, pipeline: PipelineConfig, resources: Mapping[str, float]) -> PoolPlan:
+    """Actor counts and per-actor resources from the cluster's totals, unless set by the user."""
+    gpus = int(resources.get("GPU", 0))
+    cpus = resources.get("CPU", 0)
+    use_gpus = model.device == "cuda" or (model.device == "auto" and gpus > 0)
+    scorers = pipeline.scorer_actors or (max(gpus, 1) if use_gpus else 1)
+    # GPU scorers hold their own CPUs; a CPU scorer shares its node, so keep one core for it.
+    busy = scorers * GPU_SCORER_CPUS if use_gpus else 1
+    fetchers = pipeline.fetch_actors or max(1, int((cpus - busy) // CORES_PER_FETCH_ACTOR))
+    return PoolPlan(
+        fetch_actors=fetchers,
+        scorer_actors=scorers,
+        scorer_gpus=1.0 if use_gpus else 0.0,
+        scorer_cpus=GPU_SCORER_CPUS if use_gpus else CPU_SCORER_CPUS,
+    )
+
+
+def gpu_wait_message(plan: PoolPlan, resources: Mapping[str, float]) -> str | None:
+    """A warning when scorers ask for more GPUs than the cluster has now (they wait for the autoscaler)."""
+    gpus = int(resources.get("GPU", 0))
+    wanted = int(plan.scorer_actors * plan.scorer_gpus)
+    if wanted <= gpus:
+        return None
+    return (f"{wanted} scorer actor(s) need a GPU each and the cluster has {gpus} now: the job waits until "
+            f"the autoscaler adds GPU nodes (cluster.yaml's gpu_workers). On a cluster without GPUs, use "
+            f"--device cpu (or auto).")
