@@ -1,5 +1,7 @@
 """Side-by-side benchmark: model only (a), the challenge baseline (b) and tis-ray (c).
 
+Also (d), fetch + decode alone, whose CPU cost per image the capacity plan uses.
+
 One command, one run, the same generated workload for every contender:
 
     python scripts/bench.py                 # 2,000 pairs at 0 and 100 ms, vit-b-32, 3 rounds
@@ -27,7 +29,7 @@ from benchkit.memory import TreeMemorySampler
 from benchkit.workload import Workload, WorkloadSpec, build
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = ("model_only", "baseline", "tis_ray")
+CONTENDERS = ("model_only", "fetch_decode", "baseline", "tis_ray")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                             sweep_csv = prefix(workload, pairs).csv_for(base_url, work / f"pairs-{pairs}.csv")
                             result = contender("tis_ray", args, model, workload, pairs, sweep_csv, work)
                             results["sweep"].append({"latency_ms": latency, **result})
-                    for label, overrides in lever_variants(args):
-                        result = contender("tis_ray", args, model, workload, args.pairs, csv, work, **overrides)
+                    for name, label, overrides in lever_variants(args):
+                        result = contender(name, args, model, workload, args.pairs, csv, work, **overrides)
                         results["levers"].append({"lever": label, "latency_ms": latency, **result})
         results["accuracy"] = contender("accuracy", args, model, workload, args.pairs, None, work)["rows"]
     results["seconds"] = time.time() - started
@@ -99,11 +101,13 @@ def parse_args(argv):
     return args
 
 
-def lever_variants(args) -> list[tuple[str, dict]]:
+def lever_variants(args) -> list[tuple[str, str, dict]]:
+    """(contender, label, settings) for each lever turned off alone."""
     if not args.levers:
         return []
-    return [("float32 instead of the fast dtype", {"dtype": "float32"}),
-            ("whole-image decode", {"reduced_decode": False})]
+    return [("tis_ray", "float32 instead of the fast dtype", {"dtype": "float32"}),
+            ("tis_ray", "whole-image decode", {"reduced_decode": False}),
+            ("fetch_decode", "whole-image decode", {"reduced_decode": False})]
 
 
 def contender(name, args, model, workload: Workload, pairs, csv, work: Path, **overrides) -> dict:
@@ -131,6 +135,9 @@ def run_contender(job: dict) -> int:
     if job["name"] == "model_only":
         from benchkit import model_only
         result = model_only.run(workload, job["model"], job["dtype"], job["batch_size"])
+    elif job["name"] == "fetch_decode":
+        from benchkit import fetch_only
+        result = fetch_only.run(read_csv(Path(job["csv"]))[0], job["model"], job["reduced_decode"])
     elif job["name"] == "baseline":
         from benchkit import baseline
         urls, captions = read_csv(Path(job["csv"]))

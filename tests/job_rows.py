@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from reference import reference_similarities
+from reference import reference_similarities, tolerance
 from tis_ray.errors import error_kind
 
 
@@ -43,4 +43,4 @@ def check_scored(table: pa.Table, rows, model_dir: str, photos) -> None:
     assert [error_kind(e) for e in errors] == [None if row[2] in photos else row[2] for row in rows]
     want = reference_similarities(model_dir, [photos[rows[i][2]] for i in good], [rows[i][1] for i in good])
     for i, expected in zip(good, want):
-        assert abs(sims[i] - expected) <= 1e-4, (i, sims[i], expected)
+        assert abs(sims[i] - expected) <= tolerance(photos[rows[i][2]]), (i, sims[i], expected)

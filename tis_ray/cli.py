@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests in flight per fetch actor")
     score.add_argument("--timeout", type=float, default=FetchConfig.timeout_s, help="seconds per image, retries included")
     score.add_argument("--retries", type=int, default=FetchConfig.retries, help="retries after connection errors, 429 and 5xx")
+    score.add_argument("--full-decode", action="store_true",
+                       help="decode large JPEGs at full size too (by default they decode at 1/2 to 1/8 scale, "
+                            "still at least twice the model's input size)")
     score.add_argument("--fetch-actors", type=_positive_int, help="fetch actors (default: from the cluster's CPUs)")
     score.add_argument("--scorer-actors", type=_positive_int, help="scorer actors (default: one per GPU, else one)")
     score.add_argument("--with-cosine", action="store_true", help="also write the raw cosine similarity")
@@ -101,7 +104,8 @@ def run_score(args: argparse.Namespace) -> int:
         image_column=args.image_column,
         caption_column=args.caption_column,
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
-        fetch=FetchConfig(max_in_flight=args.fetch_concurrency, timeout_s=args.timeout, retries=args.retries),
+        fetch=FetchConfig(max_in_flight=args.fetch_concurrency, timeout_s=args.timeout, retries=args.retries,
+                          reduced_decode=not args.full_decode),
         pipeline=PipelineConfig(batch_size=args.batch_size, fetch_actors=args.fetch_actors,
                                 scorer_actors=args.scorer_actors, with_cosine=args.with_cosine),
         address=args.address,

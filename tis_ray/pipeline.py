@@ -62,7 +62,9 @@ def add_scores(
         logging.getLogger(__name__).warning(warning)
     fetched = ds.map_batches(
         FetchStage,
-        fn_constructor_kwargs=dict(image_column=image_column, base_dir=base_dir, fetch=fetch, spec=spec),
+        fn_constructor_kwargs=dict(
+            image_column=image_column, caption_column=caption_column, base_dir=base_dir, fetch=fetch, spec=spec
+        ),
         batch_size=pipeline.fetch_batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,

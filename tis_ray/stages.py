@@ -30,8 +30,10 @@ RUNTIME = "__tis_runtime"
 
 
 class FetchStage:
-    def __init__(self, image_column: str, base_dir: str, fetch: FetchConfig, spec: PreprocessSpec):
+    def __init__(self, image_column: str, caption_column: str, base_dir: str, fetch: FetchConfig,
+                 spec: PreprocessSpec):
         self.image_column = image_column
+        self.caption_column = caption_column
         self.base_dir = base_dir
         self.spec = spec
         self.preparer = ImagePreparer(fetch, spec)
@@ -40,13 +42,15 @@ class FetchStage:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         self.loop = asyncio.get_running_loop()
         refs = batch.column(self.image_column).to_pylist()
-        distinct = list(dict.fromkeys(refs))
+        # A row without a caption fails whatever its image, so its image is not fetched.
+        caption_errors = [_caption_error(c) for c in batch.column(self.caption_column).to_pylist()]
+        distinct = list(dict.fromkeys(ref for ref, error in zip(refs, caption_errors) if error is None))
         outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref) for ref in distinct))))
         height, width = self.spec.output_size
         pixels = np.zeros((len(refs), height, width, 3), dtype=np.uint8)
         errors: list[str | None] = []
         for row, ref in enumerate(refs):
-            outcome = outcomes[ref]
+            outcome = caption_errors[row] or outcomes[ref]
             if isinstance(outcome, RowError):
                 errors.append(str(outcome))
             else:
@@ -57,8 +61,11 @@ class FetchStage:
         )
 
     def __del__(self):
-        if self.loop is not None and self.loop.is_running():
-            asyncio.run_coroutine_threadsafe(self.preparer.close(), self.loop).result(timeout=2)
+        if self.loop is None or not self.loop.is_running():
+            return
+        closing = asyncio.run_coroutine_threadsafe(self.preparer.close(), self.loop)
+        if not _runs_on(self.loop):  # waiting on the loop's own thread would block the close
+            closing.result(timeout=2)
 
     async def _prepare(self, ref) -> np.ndarray | RowError:
         try:
@@ -101,6 +108,21 @@ class ScoreStage:
         out = out.append_column("error", pa.array(errors, type=pa.string()))
         out = out.append_column(TRUNCATED, pa.array(truncated))
         return out.append_column(RUNTIME, pa.array([self.runtime] * rows, type=pa.string()))
+
+
+def _caption_error(caption: object) -> RowError | None:
+    try:
+        check_caption(caption)
+    except RowError as error:
+        return error
+    return None
+
+
+def _runs_on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _tensor_column(table: pa.Table, name: str) -> np.ndarray:

@@ -25,7 +25,7 @@ class MemoryPeaks:
 class TreeMemorySampler:
     """Samples the tree under `root_pid` every `interval_s` on a thread until `stop`."""
 
-    def __init__(self, root_pid: int, interval_s: float = 1.0):
+    def __init__(self, root_pid: int, interval_s: float = 0.5):
         self.root_pid = root_pid
         self.interval_s = interval_s
         self.peaks = MemoryPeaks()
