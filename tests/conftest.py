@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class ImageServer:
       /status/<code>              that status, empty body
       /flaky/<key>/<name>.jpg     500 on the first request for <key>, then the photo
       /slow/<seconds>             waits, then a photo
+      /paced/<key>/<name>.jpg     waits `pace_s` seconds (settable while running), then the photo
       /big/<bytes>                that many bytes of image/jpeg body (a real JPEG header)
       /html                       an HTML page sent as image/jpeg
       /truncated/<name>.jpg       the first half of a photo
@@ -60,6 +62,7 @@ class ImageServer:
         self.requests: list[str] = []
         self.hits: dict[str, int] = {}
         self.extra: dict[str, tuple[bytes, str]] = {}
+        self.pace_s = 0.0
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -134,6 +137,10 @@ class ImageServer:
                 time.sleep(float(seconds))
                 self.route_photo("chelsea.jpg")
 
+            def route_paced(self, key, name):
+                time.sleep(server.pace_s)
+                self.route_photo(name)
+
             def route_big(self, size):
                 head = (PHOTOS / "chelsea.jpg").read_bytes()[:1024]
                 self.send(200, head + b"\0" * (int(size) - len(head)))
@@ -155,6 +162,45 @@ class ImageServer:
                 self.send(302, b"", "text/plain", [("Location", f"/redirect/{int(n) - 1}/{name}")])
 
         return Handler
+
+
+PACED_ROWS = 128
+PACED_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
+
+
+@dataclass(frozen=True)
+class PacedJob:
+    """An input whose row i is fetched from /paced/<i>/<photo> on `server` (set ``server.pace_s``
+    to slow it down), and the output of one uninterrupted run, scored in batches of 8."""
+
+    server: ImageServer
+    source: Path
+    rows: int
+    uninterrupted: bytes
+
+
+@pytest.fixture(scope="session")
+def paced_job(tmp_path_factory, tiny_model, local_ray):
+    """For the tests that interrupt or fault a job and compare it with an uninterrupted run."""
+    import csv
+
+    from tis_ray import score_file
+    from tis_ray.config import ModelConfig, PipelineConfig
+
+    server = ImageServer()
+    folder = tmp_path_factory.mktemp("paced")
+    source = folder / "pairs.csv"
+    with open(source, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "image_url", "caption"])
+        for i in range(PACED_ROWS):
+            photo = PACED_PHOTOS[i % len(PACED_PHOTOS)]
+            writer.writerow([i, server.url(f"paced/{i}/{photo}.jpg"), f"photo {i}, a {photo}"])
+    score_file(str(source), str(folder / "uninterrupted.csv"), progress=False,
+               model=ModelConfig(model=tiny_model, device="cpu", dtype="float32"),
+               pipeline=PipelineConfig(batch_size=8))
+    yield PacedJob(server, source, PACED_ROWS, (folder / "uninterrupted.csv").read_bytes())
+    server.close()
 
 
 @pytest.fixture(scope="session")

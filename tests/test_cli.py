@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
 import random
-import subprocess
-import sys
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pytest
 
 from conftest import REPO
+from jobs import assert_stats_add_up, read_output, run_cli
 from reference import reference_similarities, tolerance
 from tis_ray.errors import error_kind
-
-
-def run_cli(*args, env=None, timeout=600):
-    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "tis_ray", *args], capture_output=True, text=True, env=full_env, timeout=timeout
-    )
-
-
-def read_output(path) -> pa.Table:
-    return pacsv.read_csv(
-        path,
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types={"caption": pa.string()}),
-    )
 
 
 def _one_line_error(result, *fragments):
@@ -77,6 +58,8 @@ def test_demo_on_the_bundled_example_with_embedded_local_ray(tmp_path, tiny_mode
     assert kinds[-3:] == ["file_not_found", "decode_error", "empty_caption"]
     assert kinds[:-3] == [None] * (len(source) - 3)
     assert "rows: 10" in result.stdout and "scored: 7" in result.stdout and "cpu/float32" in result.stdout
+    assert f"stats: {out}.stats.json" in result.stdout
+    assert_stats_add_up(out, len(source))
 
 
 BAD_KINDS = {
@@ -138,3 +121,4 @@ def test_thousand_rows_five_percent_bad(tmp_path, image_server, tiny_model, phot
         else:
             assert sims[i] is None
     assert "rows: 1000" in result.stdout and "scored: 950" in result.stdout
+    assert assert_stats_add_up(out, 1000)["outcomes"] == {"scored": 950, "error": 50}

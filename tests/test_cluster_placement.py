@@ -19,6 +19,7 @@ from ray.util.state import list_actors
 
 from conftest import free_port, loopback_ray_env
 from job_rows import check_scored, read_scored_csv, sample_rows, write_pairs_csv
+from jobs import assert_stats_add_up
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,7 @@ def test_fetch_actors_on_cpu_nodes_scorer_on_the_gpu_node(simulated_cluster, tin
     assert job.returncode == 0, job.stdout + job.stderr
     assert "on cpu/float32" in job.stdout  # auto picked the CPU inside the GPU-advertising node
     check_scored(read_scored_csv(out), rows, tiny_model, photos)
+    assert_stats_add_up(out, len(rows))
 
     actors = list_actors(address=simulated_cluster["dashboard"], detail=True, limit=1000, raise_on_missing_output=False)
     scorers = [a for a in actors if "ScoreStage" in a.class_name]

@@ -8,6 +8,7 @@ import subprocess
 
 from conftest import REPO, loopback_ray_env
 from job_rows import check_scored, read_scored_csv, sample_rows, write_pairs_csv
+from jobs import assert_stats_add_up
 
 
 def test_ray_job_submit_scores_a_file_on_the_cluster(ray_head, tiny_model, image_server, photos, tmp_path):
@@ -26,3 +27,4 @@ def test_ray_job_submit_scores_a_file_on_the_cluster(ray_head, tiny_model, image
     assert "succeeded" in job.stdout, job.stdout[-3000:]
     assert f"rows: {len(rows)}" in job.stdout and f"model: {tiny_model} on cpu/float32" in job.stdout
     check_scored(read_scored_csv(out), rows, tiny_model, photos)
+    assert_stats_add_up(out, len(rows))

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from jobs import assert_stats_add_up
 from reference import EXACT_TOLERANCE, REDUCED_DECODE_TOLERANCE, reference_similarities, tolerance
 from tis_ray import Record, score_dataset, score_file, score_pairs
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
@@ -90,7 +91,9 @@ def test_score_file_csv_every_row_once_in_order(local_ray, mixed_input, model, t
     assert summary.scored == sum(1 for r in rows if r[2] is None)
     assert summary.scored + sum(summary.errors.values()) == summary.rows
     assert summary.runtimes == {"cpu/float32"}
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".partial", ".parts"))]
+    stats = assert_stats_add_up(out, len(rows))
+    assert (stats["device"], stats["dtype"], stats["mode"]) == ("cpu", "float32", "fresh")
 
 
 def test_score_file_parquet_in_and_out_keeps_types(local_ray, tmp_path, image_server, model, tiny_model, photos):
@@ -107,6 +110,7 @@ def test_score_file_parquet_in_and_out_keeps_types(local_ray, tmp_path, image_se
     score_file(str(tmp_path / "in.parquet"), str(out), model=model, fetch=FAST_FETCH,
                pipeline=PipelineConfig(with_cosine=True), progress=False)
     table = pq.read_table(out)
+    assert_stats_add_up(out, len(rows))
     assert table.column_names == ["image_url", "caption", "score_before", "tags", "similarity", "cosine", "error"]
     assert table.select(["score_before", "tags"]).equals(source.select(["score_before", "tags"]))
     cos, sim = table.column("cosine").to_pylist(), table.column("similarity").to_pylist()
@@ -120,6 +124,7 @@ def test_header_only_csv_gives_header_only_output(local_ray, tmp_path, model):
     out = tmp_path / "empty-out.csv"
     summary = score_file(str(tmp_path / "empty.csv"), str(out), model=model, progress=False)
     assert summary.rows == 0
+    assert_stats_add_up(out, 0)
     assert out.read_text().splitlines() == ['"image_url","caption","similarity","error"']
 
 

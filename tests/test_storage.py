@@ -3,11 +3,14 @@ always, and ``s3://`` against a real S3-compatible server (moto's, on 127.0.0.1)
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.fs as pafs
 import pytest
 
 from conftest import free_port
 from job_rows import check_scored, read_scored_csv, sample_rows, write_pairs_csv
+from jobs import assert_stats_add_up
 from tis_ray import errors, score_file, storage
 from tis_ray.config import FetchConfig, ModelConfig
 from tis_ray.errors import RowError
@@ -33,7 +36,9 @@ def test_file_urls_for_input_and_output(local_ray, model, tiny_model, image_serv
     out = tmp_path / "scored.csv"
     score_file((tmp_path / "pairs.csv").as_uri(), out.as_uri(), model=model, fetch=FAST_FETCH, progress=False)
     check_scored(read_scored_csv(out), rows, tiny_model, photos)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv", "scored.csv"]  # nothing staged is left
+    assert_stats_add_up(out, len(rows))
+    # nothing staged is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv", "scored.csv", "scored.csv.stats.json"]
 
 
 def test_file_url_input_and_output_problems_are_input_errors(tmp_path):
@@ -91,6 +96,8 @@ def test_s3_input_output_and_images(local_ray, s3, model, tiny_model, image_serv
     score_file(url("pairs.csv"), url("out/scored.csv"), model=model, fetch=FAST_FETCH, progress=False)
     with fs.open_input_stream("photos/out/scored.csv") as scored:
         check_scored(read_scored_csv(scored), rows, tiny_model, photos)
+    with fs.open_input_stream("photos/out/scored.csv.stats.json") as stats:
+        assert json.loads(stats.read())["rows"] == len(rows)
 
 
 def test_s3_output_checks_the_bucket_before_any_work(s3):

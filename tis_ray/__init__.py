@@ -4,12 +4,12 @@ __version__ = "0.1.0"
 
 from .records import Record, ScoreResult  # noqa: E402
 
-__all__ = ["Record", "ScoreResult", "score_pairs", "score_dataset", "score_file", "__version__"]
+__all__ = ["Record", "ScoreResult", "score_pairs", "score_dataset", "score_file", "rescore_errors", "__version__"]
 
 
 def __getattr__(name: str):
     # The scoring functions import Ray and torch; load them only when used.
-    if name in ("score_pairs", "score_dataset", "score_file"):
+    if name in ("score_pairs", "score_dataset", "score_file", "rescore_errors"):
         from . import api
 
         return getattr(api, name)

@@ -11,15 +11,19 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import ray
 from ray.data import DataContext, Dataset
 
+from .checkpoint import Checkpoint, JobIdentity
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
 from .loading import load_preprocess_spec
-from .output import check_output_path, write_atomically
-from .pipeline import add_scores, read_records
+from .output import check_output_path, write_atomically, write_stats
+from .pipeline import add_scores, read_records, skip_rows
+from .preprocess import PreprocessSpec
 from .records import Record, ScoreResult, input_schema, pick_columns, read_columns
+from .redo import inputs_of, merge, read_previous_output, retryable_rows
 from .sources import base_dir_of
 from .stages import RUNTIME, TRUNCATED
 from .summary import JobSummary
@@ -66,31 +70,75 @@ def score_file(
     pipeline: PipelineConfig | None = None,
     address: str | None = None,
     progress: bool = True,
+    resume: bool = False,
+    checkpoint_every_s: float = 60.0,
 ) -> JobSummary:
     """Score every row of a CSV or Parquet file into `output_path`; return the counts.
 
+    Scored rows are kept in a checkpoint beside the output (see `checkpoint`) every
+    ``checkpoint_every_s`` seconds; ``resume`` picks up one an interrupted run left.
     ``progress`` shows Ray Data's progress bars; without it only warnings are logged.
     """
-    columns = read_columns(input_path)
-    image_column, caption_column = pick_columns(columns, image_column, caption_column)
-    check_output_path(output_path)
-    model = model or ModelConfig()
-    spec = load_preprocess_spec(model.model)  # a bad model fails here, before Ray starts
+    job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline)
+    summary = JobSummary(model=job.model.model)
+    identity = JobIdentity.of(input_path, job.settings())
+    checkpoint = Checkpoint.open(output_path, identity, resume=resume, every_s=checkpoint_every_s)
+    summary.carried_over = checkpoint.rows_done
     connect(address)
     show_progress(progress)
-    schema = input_schema(input_path, columns)
-    ds = read_records(input_path, schema)
-    scored = _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir_of(input_path))
-    summary = JobSummary(model=model.model)
-    empty = _output_schema(schema, pipeline or PipelineConfig())
+    ds = read_records(input_path, job.schema)
+    if checkpoint.rows_done:
+        ds = skip_rows(ds, checkpoint.rows_done)
+    try:
+        for batch in job.scored(ds, base_dir_of(input_path)).iter_batches(batch_format="pyarrow", batch_size=None):
+            checkpoint.add(batch)
+    finally:
+        checkpoint.flush()  # rows scored before an interrupt are kept
+    _write_output(checkpoint.tables(), job, output_path, summary)
+    _write_stats(summary, input_path, output_path, "resumed" if summary.carried_over else "fresh")
+    checkpoint.remove()
+    return summary
 
-    def counted() -> Iterator[pa.Table]:
-        for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
-            summary.add(batch, batch.column("error"), batch.column(TRUNCATED), batch.column(RUNTIME))
-            yield batch.drop_columns([TRUNCATED, RUNTIME])
 
-    for _ in write_atomically(counted(), output_path, empty):
+def rescore_errors(
+    input_path: str,
+    previous_output: str,
+    output_path: str,
+    *,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    model: ModelConfig | None = None,
+    fetch: FetchConfig | None = None,
+    pipeline: PipelineConfig | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> JobSummary:
+    """Score again only the rows of `previous_output` that failed with a retryable kind.
+
+    The new results replace those rows in place; every other row is copied as it was.
+    ``output_path`` may be `previous_output` itself (it is read whole first).
+    """
+    job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline)
+    summary = JobSummary(model=job.model.model)
+    previous = read_previous_output(previous_output, job.schema)
+    job = dataclasses.replace(job, pipeline=dataclasses.replace(job.pipeline,
+                                                                with_cosine="cosine" in previous.column_names))
+    rows = retryable_rows(previous)
+    summary.carried_over = previous.num_rows - len(rows)
+    rescored = job.empty_results()
+    if rows:
+        connect(address)
+        show_progress(progress)
+        scored = job.scored(ray.data.from_arrow(inputs_of(previous, rows)), base_dir_of(input_path))
+        rescored = pa.concat_tables([rescored, *scored.iter_batches(batch_format="pyarrow", batch_size=None)],
+                                    promote_options="permissive")
+    carried = previous.filter(pa.array(np.isin(np.arange(previous.num_rows), rows, invert=True)))
+    summary.add(_unknown_runtime(carried))
+    summary.add(rescored)
+    merged = merge(previous, rows, rescored.drop_columns([TRUNCATED, RUNTIME]))
+    for _ in write_atomically([merged], output_path, merged.schema):
         pass
+    _write_stats(summary, input_path, output_path, "retry_errors")
     return summary
 
 
@@ -137,10 +185,75 @@ def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base
     )
 
 
-def _output_schema(schema: pa.Schema, pipeline: PipelineConfig) -> pa.Schema:
-    fields = list(schema)
-    fields.append(pa.field("similarity", pa.float64()))
-    if pipeline.with_cosine:
-        fields.append(pa.field("cosine", pa.float64()))
-    fields.append(pa.field("error", pa.string()))
-    return pa.schema(fields)
+@dataclasses.dataclass(frozen=True)
+class _FileJob:
+    """A file job's checked inputs: columns, model, settings; everything a bad input fails on."""
+
+    image_column: str
+    caption_column: str
+    schema: pa.Schema
+    spec: PreprocessSpec
+    model: ModelConfig
+    fetch: FetchConfig
+    pipeline: PipelineConfig
+
+    @classmethod
+    def check(cls, input_path, output_path, image_column, caption_column, model, fetch, pipeline) -> _FileJob:
+        columns = read_columns(input_path)
+        image_column, caption_column = pick_columns(columns, image_column, caption_column)
+        check_output_path(output_path)
+        model = model or ModelConfig()
+        spec = load_preprocess_spec(model.model)  # a bad model fails here, before Ray starts
+        return cls(image_column, caption_column, input_schema(input_path, columns), spec, model,
+                   fetch or FetchConfig(), pipeline or PipelineConfig())
+
+    def settings(self) -> dict:
+        """The settings that change results: a checkpoint is resumed only with the same ones."""
+        return {
+            "image_column": self.image_column, "caption_column": self.caption_column,
+            "model": self.model.model, "device": self.model.device, "dtype": self.model.dtype,
+            "with_cosine": self.pipeline.with_cosine, "timeout_s": self.fetch.timeout_s,
+            "retries": self.fetch.retries, "max_bytes": self.fetch.max_bytes,
+            "max_redirects": self.fetch.max_redirects, "max_pixels": self.fetch.max_pixels,
+            "reduced_decode": self.fetch.reduced_decode,
+        }
+
+    def scored(self, ds: Dataset, base_dir: str) -> Dataset:
+        return _scored(ds, self.image_column, self.caption_column, self.spec, self.model, self.fetch,
+                       self.pipeline, base_dir)
+
+    def output_schema(self) -> pa.Schema:
+        fields = list(self.schema)
+        fields.append(pa.field("similarity", pa.float64()))
+        if self.pipeline.with_cosine:
+            fields.append(pa.field("cosine", pa.float64()))
+        fields.append(pa.field("error", pa.string()))
+        return pa.schema(fields)
+
+    def empty_results(self) -> pa.Table:
+        """No rows, with the columns the scoring stages produce (internal ones included)."""
+        schema = self.output_schema().append(pa.field(TRUNCATED, pa.bool_())).append(pa.field(RUNTIME, pa.string()))
+        return schema.empty_table()
+
+
+def _write_output(tables: Iterable[pa.Table], job: _FileJob, output_path: str, summary: JobSummary) -> None:
+    """Count the scored rows and write them, without the internal columns, to `output_path`."""
+
+    def counted() -> Iterator[pa.Table]:
+        for table in tables:
+            summary.add(table)
+            yield table.drop_columns([TRUNCATED, RUNTIME])
+
+    for _ in write_atomically(counted(), output_path, job.output_schema()):
+        pass
+
+
+def _unknown_runtime(table: pa.Table) -> pa.Table:
+    """Rows not scored by this run: their truncation and runtime are not known."""
+    return table.append_column(TRUNCATED, pa.nulls(table.num_rows, pa.bool_())).append_column(
+        RUNTIME, pa.nulls(table.num_rows, pa.string()))
+
+
+def _write_stats(summary: JobSummary, input_path: str, output_path: str, mode: str) -> None:
+    summary.stats_file = write_stats(output_path, summary.stats(input_path=input_path, output_path=output_path,
+                                                                mode=mode))

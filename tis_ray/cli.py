@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--scorer-actors", type=_positive_int, help="scorer actors (default: one per GPU, else one)")
     score.add_argument("--with-cosine", action="store_true", help="also write the raw cosine similarity")
     score.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    again = score.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="finish an interrupted run: score only the rows not yet in OUTPUT.parts/")
+    again.add_argument("--retry-errors", metavar="PREVIOUS_OUTPUT",
+                       help="score again only the rows of PREVIOUS_OUTPUT that failed with a timeout, a 429, "
+                            "a 5xx or a connection error; the other rows are copied as they were")
+    score.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                       help="how often scored rows are made durable in OUTPUT.parts/ (default: 60)")
     score.set_defaults(run=run_score)
 
     serve = commands.add_parser("serve", help="run the HTTP scoring service (Ray Serve) in the foreground")
@@ -89,11 +97,10 @@ def _positive_int(text: str) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from .api import score_file  # imports Ray; keep `--help` fast
+    from .api import rescore_errors, score_file  # imports Ray; keep `--help` fast
+    from .checkpoint import checkpoint_dir
 
-    summary = score_file(
-        args.input,
-        args.output,
+    options = dict(
         image_column=args.image_column,
         caption_column=args.caption_column,
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
@@ -104,10 +111,24 @@ def run_score(args: argparse.Namespace) -> int:
         address=args.address,
         progress=sys.stderr.isatty(),
     )
+    try:
+        if args.retry_errors:
+            summary = rescore_errors(args.input, args.retry_errors, args.output, **options)
+        else:
+            summary = score_file(args.input, args.output, resume=args.resume,
+                                 checkpoint_every_s=args.checkpoint_every, **options)
+    except KeyboardInterrupt:
+        kept = checkpoint_dir(args.output)
+        if args.retry_errors or not os.path.isdir(kept):
+            print("\ntis-ray: interrupted; no output was written", file=sys.stderr)
+        else:
+            print(f"\ntis-ray: interrupted; the rows scored so far are kept in {kept}; "
+                  "run the same command with --resume to finish", file=sys.stderr)
+        return 130
     print(f"wrote {args.output}")
+    print(f"stats: {summary.stats_file}")
     print(summary.format())
     return 0
-
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -14,6 +14,10 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 # Online batching across requests: the defaults of `tis-ray serve` and its deployment.
 SERVE_MAX_BATCH_SIZE = 32
 SERVE_BATCH_WAIT_MS = 10.0
+# Per replica: requests handled at once, and requests waiting in Serve's router beyond
+# those; one more is answered 503 at once instead of queueing without bound.
+SERVE_MAX_ONGOING_REQUESTS = 64
+SERVE_MAX_QUEUED_REQUESTS = 256
 
 
 @dataclass(frozen=True)

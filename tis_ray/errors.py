@@ -28,6 +28,18 @@ def http_kind(status: int) -> str:
     return f"http_{status}"
 
 
+# Kinds that may succeed if tried again later (``--retry-errors``): the server or the
+# network was the problem, not the row. Every 5xx status counts, as does 429.
+RETRYABLE_KINDS = frozenset({TIMEOUT, CONNECTION_ERROR, http_kind(429)})
+
+
+def is_retryable(kind: str | None) -> bool:
+    """Whether a row that failed with `kind` is worth fetching again."""
+    if kind is None:
+        return False
+    return kind in RETRYABLE_KINDS or (kind.startswith("http_5") and len(kind) == 8 and kind[5:].isdigit())
+
+
 class RowError(Exception):
     """A failure that belongs to one row; the job goes on."""
 

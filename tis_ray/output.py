@@ -6,9 +6,10 @@ A reader of OUTPUT therefore sees either nothing or the whole file, never a part
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -65,6 +66,7 @@ def write_atomically(batches: Iterable[pa.Table], path: str, empty_schema: pa.Sc
             writer = _open_writer(fmt, temp, empty_schema)
         writer.close()
         writer = None
+        _fsync(temp)
         storage.publish(temp, path)
     finally:
         if writer is not None:
@@ -78,6 +80,56 @@ def _object_store_problem(path: str) -> str | None:
         return storage.check_writable_bucket(path)
     except (OSError, ValueError) as exc:  # an unreachable store or missing credentials
         return f"cannot reach the output's store: {exc}"
+
+
+def write_durably(path: str, write: Callable[[str], None]) -> None:
+    """`write(temp)` beside `path`, then fsync and rename: `path` exists whole or not at all."""
+    temp = f"{path}.tmp"
+    try:
+        write(temp)
+        _fsync(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    _fsync(os.path.dirname(os.path.abspath(path)))
+
+
+def beside(path: str, suffix: str) -> str:
+    """A name for a file kept next to `path` (before an object-store URL's options)."""
+    base, sep, options = path.partition("?") if storage.is_object_store(path) else (path, "", "")
+    return f"{base}{suffix}{sep}{options}"
+
+
+def stats_path(output_path: str) -> str:
+    return beside(output_path, ".stats.json")
+
+
+def write_stats(output_path: str, stats: dict) -> str:
+    """``<output>.stats.json``, written whole (renamed locally, one upload to an object store)."""
+    path = storage.localize(stats_path(output_path))
+
+    def dump(temp: str) -> None:
+        with open(temp, "w") as f:
+            json.dump(stats, f, indent=2)
+            f.write("\n")
+
+    if storage.is_object_store(path):
+        staged = os.path.join(storage.staging_folder(path), f".tis-ray-stats-{os.getpid()}.json")
+        dump(staged)
+        storage.publish(staged, path)
+    else:
+        write_durably(path, dump)
+    return path
+
+
+def _fsync(path: str) -> None:
+    """Make a file (or a folder's entries) durable before it is relied on."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open_writer(fmt: str, path: str, schema: pa.Schema):

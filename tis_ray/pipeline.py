@@ -31,6 +31,16 @@ def read_records(path: str, schema: pa.Schema) -> Dataset:
     )
 
 
+def skip_rows(ds: Dataset, rows: int) -> Dataset:
+    """`ds` without its first `rows` rows, order kept (a resumed job's rows already done).
+
+    Ray Data has no lazy offset: the input is read into the object store (spilled to
+    disk when large) and split at the row; the reading is cheap next to scoring.
+    """
+    ds.context.execution_options.preserve_order = True
+    return ds.split_at_indices([rows])[1]
+
+
 def add_scores(
     ds: Dataset,
     *,

@@ -26,7 +26,14 @@ from ray import serve
 from ray.serve import metrics
 
 from . import __version__, errors
-from .config import SERVE_BATCH_WAIT_MS, SERVE_MAX_BATCH_SIZE, FetchConfig, ModelConfig
+from .config import (
+    SERVE_BATCH_WAIT_MS,
+    SERVE_MAX_BATCH_SIZE,
+    SERVE_MAX_ONGOING_REQUESTS,
+    SERVE_MAX_QUEUED_REQUESTS,
+    FetchConfig,
+    ModelConfig,
+)
 from .errors import RowError
 from .fetch import ImageFetcher
 from .http_api import MAX_CAPTION_CHARS, ModelInfo, Pair, PairResult, ScoreRequest, ScoreResponse
@@ -89,7 +96,7 @@ def _openapi(served: FastAPI, max_pairs: int) -> dict:
 app.openapi = functools.partial(_openapi, app, ServiceLimits().max_pairs)
 
 
-@serve.deployment(max_ongoing_requests=64)
+@serve.deployment(max_ongoing_requests=SERVE_MAX_ONGOING_REQUESTS, max_queued_requests=SERVE_MAX_QUEUED_REQUESTS)
 @serve.ingress(app)
 class ScoringService:
     def __init__(

@@ -1,14 +1,19 @@
-"""What a job did, counted from the rows it wrote: the CLI prints it at the end."""
+"""What a job did, counted from the rows it wrote: the CLI prints it, the stats file keeps it."""
 
 from __future__ import annotations
 
+import datetime
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 
+from . import __version__, storage
 from .errors import error_kind
+from .stages import RUNTIME, TRUNCATED
 
 
 @dataclass
@@ -19,22 +24,29 @@ class JobSummary:
     truncated_captions: int = 0
     errors: Counter = field(default_factory=Counter)
     runtimes: set = field(default_factory=set)  # "device/dtype" of the scorer actors
+    carried_over: int = 0  # rows taken from a checkpoint or a previous output, not scored by this run
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
+    stats_file: str | None = None  # where the stats were written, once they are
 
-    def add(self, batch: pa.Table, error_column: pa.ChunkedArray, truncated: pa.ChunkedArray,
-            runtime: pa.ChunkedArray) -> None:
-        errors = [e for e in error_column.to_pylist() if e]
+    def add(self, batch: pa.Table) -> None:
+        """Count a batch of result rows (with the internal columns; a null runtime: not scored here)."""
+        errors = [e for e in batch.column("error").to_pylist() if e]
         self.rows += batch.num_rows
         self.scored += batch.num_rows - len(errors)
         self.errors.update(error_kind(e) for e in errors)
-        self.truncated_captions += sum(truncated.to_pylist())
-        self.runtimes.update(runtime.unique().to_pylist())
+        self.truncated_captions += sum(1 for t in batch.column(TRUNCATED).to_pylist() if t)
+        self.runtimes.update(r for r in batch.column(RUNTIME).unique().to_pylist() if r)
         self.seconds = time.monotonic() - self.started
 
     @property
+    def scored_now(self) -> int:
+        return self.rows - self.carried_over
+
+    @property
     def pairs_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+        """Rows this run produced per second (rows carried over cost nothing)."""
+        return self.scored_now / self.seconds if self.seconds > 0 else 0.0
 
     def format(self) -> str:
         lines = [
@@ -43,9 +55,43 @@ class JobSummary:
             f"errors: {sum(self.errors.values())}",
         ]
         lines += [f"  {kind}: {count}" for kind, count in sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))]
+        if self.carried_over:
+            lines.append(f"carried over: {self.carried_over} (scored now: {self.scored_now})")
         lines += [
             f"truncated captions: {self.truncated_captions}",
             f"model: {self.model} on {', '.join(sorted(self.runtimes)) or 'no scorer run'}",
             f"time: {self.seconds:.1f}s ({self.pairs_per_second:.1f} pairs/s)",
         ]
         return "\n".join(lines)
+
+    def stats(self, *, input_path: str, output_path: str, mode: str) -> dict:
+        """The content of ``<output>.stats.json``; ``mode`` is fresh, resumed or retry_errors."""
+        devices = sorted({r.split("/", 1)[0] for r in self.runtimes})
+        dtypes = sorted({r.split("/", 1)[1] for r in self.runtimes})
+        return {
+            "tool": "tis-ray",
+            "version": __version__,
+            "input": _where(input_path),
+            "output": _where(output_path),
+            "mode": mode,
+            "rows": self.rows,
+            "outcomes": {"scored": self.scored, "error": sum(self.errors.values())},
+            "errors_by_kind": dict(sorted(self.errors.items())),
+            "truncated_captions": self.truncated_captions,
+            "rows_carried_over": self.carried_over,
+            "rows_scored_now": self.scored_now,
+            "model": self.model,
+            "device": ", ".join(devices) or None,
+            "dtype": ", ".join(dtypes) or None,
+            "seconds": round(self.seconds, 3),
+            "pairs_per_second": round(self.pairs_per_second, 2),
+            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def _where(path: str) -> str:
+    """A path made absolute, or an object-store URL without its options and credentials."""
+    if storage.is_object_store(path):
+        parts = urlsplit(path)
+        return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    return os.path.abspath(storage.localize(path))

@@ -1,0 +1,126 @@
+"""The checkpoint, --retry-errors and retryable kinds as plain logic, without Ray."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from tis_ray.checkpoint import Checkpoint, JobIdentity, checkpoint_dir
+from tis_ray.errors import is_retryable
+from tis_ray.records import InputError
+from tis_ray.redo import inputs_of, merge, read_previous_output, retryable_rows
+
+SETTINGS = {"model": "tiny", "dtype": "float32", "timeout_s": 10.0, "with_cosine": False}
+
+
+@pytest.fixture()
+def source(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("image_url,caption\n" + "".join(f"{i}.jpg,c{i}\n" for i in range(10)))
+    return path
+
+
+def _rows(start: int, end: int) -> pa.Table:
+    return pa.table({"n": list(range(start, end))})
+
+
+def _open(source, output, resume=False, settings=SETTINGS, every_s=3600.0) -> Checkpoint:
+    return Checkpoint.open(str(output), JobIdentity.of(str(source), settings), resume=resume, every_s=every_s)
+
+
+def test_parts_are_contiguous_and_a_resume_starts_after_them(source, tmp_path):
+    output = tmp_path / "out.csv"
+    first = _open(source, output)
+    first.add(_rows(0, 3))
+    first.add(_rows(3, 5))
+    assert first.rows_done == 0  # buffered, not yet durable
+    first.flush()
+    first.add(_rows(5, 7))
+    first.flush()
+    assert sorted(os.listdir(checkpoint_dir(str(output)))) == [
+        "manifest.json", "part-000000000000-000000000005.parquet", "part-000000000005-000000000007.parquet"]
+    (tmp_path / "out.csv.parts" / "part-000000000007-000000000009.parquet.tmp").write_bytes(b"half a part")
+
+    again = _open(source, output, resume=True)
+    assert again.rows_done == again.rows_at_start == 7
+    assert not [n for n in os.listdir(again.folder) if n.endswith(".tmp")]
+    again.add(_rows(7, 10))
+    again.flush()
+    assert pa.concat_tables(again.tables()).column("n").to_pylist() == list(range(10))
+    again.remove()
+    assert not os.path.exists(checkpoint_dir(str(output)))
+
+
+def test_every_s_zero_makes_each_batch_durable(source, tmp_path):
+    checkpoint = _open(source, tmp_path / "out.csv", every_s=0)
+    checkpoint.add(_rows(0, 2))
+    assert checkpoint.rows_done == 2
+
+
+def test_an_existing_checkpoint_needs_resume(source, tmp_path):
+    _open(source, tmp_path / "out.csv")
+    with pytest.raises(InputError, match="--resume"):
+        _open(source, tmp_path / "out.csv")
+
+
+def test_a_resume_with_other_settings_or_another_input_is_refused(source, tmp_path):
+    _open(source, tmp_path / "out.csv")
+    with pytest.raises(InputError, match=r"model \('tiny' then, 'base' now\)"):
+        _open(source, tmp_path / "out.csv", resume=True, settings={**SETTINGS, "model": "base"})
+    source.write_text(source.read_text() + "10.jpg,c10\n")
+    with pytest.raises(InputError, match="input_size"):
+        _open(source, tmp_path / "out.csv", resume=True)
+
+
+def test_a_damaged_checkpoint_is_refused(source, tmp_path):
+    checkpoint = _open(source, tmp_path / "out.csv", every_s=0)
+    checkpoint.add(_rows(0, 2))
+    os.rename(checkpoint.parts[0][2], os.path.join(checkpoint.folder, "part-000000000001-000000000002.parquet"))
+    with pytest.raises(InputError, match="damaged"):
+        _open(source, tmp_path / "out.csv", resume=True)
+    os.unlink(os.path.join(checkpoint.folder, "manifest.json"))
+    with pytest.raises(InputError, match="not a usable checkpoint"):
+        _open(source, tmp_path / "out.csv", resume=True)
+
+
+@pytest.mark.parametrize("kind, retry", [
+    ("timeout", True), ("connection_error", True), ("http_429", True), ("http_500", True), ("http_503", True),
+    ("http_404", False), ("http_5", False), ("decode_error", False), ("file_not_found", False), (None, False),
+])
+def test_retryable_kinds(kind, retry):
+    assert is_retryable(kind) is retry
+
+
+def test_retry_errors_merges_rescored_rows_in_place(tmp_path):
+    schema = pa.schema([("image_url", pa.string()), ("caption", pa.string())])
+    previous = pa.table({
+        "image_url": ["a", "b", "c", "d"],
+        "caption": ["", "x, \"y\"\nz", "c", "d"],  # an empty caption stays "", not null
+        "similarity": pa.array([0.5, None, None, None], pa.float64()),
+        "error": [None, "http_503: down", "http_404: gone", "timeout: slow"],
+    })
+    path = tmp_path / "previous.csv"
+    pacsv.write_csv(previous, path)
+    read = read_previous_output(str(path), schema)
+    assert read.equals(previous)
+    rows = retryable_rows(read)
+    assert rows == [1, 3]
+    assert inputs_of(read, rows).to_pydict() == {"image_url": ["b", "d"], "caption": ["x, \"y\"\nz", "d"]}
+    rescored = pa.table({"image_url": ["b", "d"], "caption": ["x, \"y\"\nz", "d"],
+                         "similarity": pa.array([0.7, None], pa.float64()), "error": [None, "timeout: again"]})
+    merged = merge(read, rows, rescored)
+    assert merged.column("similarity").to_pylist() == [0.5, 0.7, None, None]
+    assert merged.column("error").to_pylist() == [None, None, "http_404: gone", "timeout: again"]
+    assert merged.schema == read.schema
+
+
+def test_retry_errors_refuses_an_output_of_another_input(tmp_path):
+    path = tmp_path / "previous.csv"
+    path.write_text("url,text,similarity,error\n")
+    with pytest.raises(InputError, match="is it the output of this input"):
+        read_previous_output(str(path), pa.schema([("image_url", pa.string()), ("caption", pa.string())]))
+    with pytest.raises(InputError, match="no such file"):
+        read_previous_output(str(tmp_path / "nope.csv"), pa.schema([("image_url", pa.string())]))
