@@ -25,7 +25,7 @@ from .preprocess import PreprocessSpec
 from .records import Record, ScoreResult, input_schema, pick_columns, read_columns
 from .redo import inputs_of, merge, read_previous_output, retryable_rows
 from .sources import base_dir_of
-from .stages import RUNTIME, TRUNCATED
+from .columns import RUNTIME, TRUNCATED
 from .summary import JobSummary
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data.extensions import ArrowTensorArray
 
+from .columns import FETCH_ERROR, PIXELS, RUNTIME, TRUNCATED
 from .config import FetchConfig, ModelConfig
 from .errors import RowError
 from .prepare import ImagePreparer
@@ -22,11 +23,6 @@ from .scorer import ClipScorer
 from .scoring import similarity_from_cosine
 from .sources import classify_image_ref
 
-# Columns that travel between the stages and never reach the output.
-PIXELS = "__tis_pixels"
-FETCH_ERROR = "__tis_fetch_error"
-TRUNCATED = "__tis_truncated"
-RUNTIME = "__tis_runtime"
 
 
 class FetchStage:

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from . import __version__, storage
 from .errors import error_kind
-from .stages import RUNTIME, TRUNCATED
+from .columns import RUNTIME, TRUNCATED
 
 
 @dataclass
@@ -27,11 +27,16 @@ class JobSummary:
     carried_over: int = 0  # rows taken from a checkpoint or a previous output, not scored by this run
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
+    first_rows_seconds: float | None = None  # start-up: until the first rows came back
+    first_rows: int = 0  # how many rows this run scored in that first batch
     stats_file: str | None = None  # where the stats were written, once they are
 
     def add(self, batch: pa.Table) -> None:
         """Count a batch of result rows (with the internal columns; a null runtime: not scored here)."""
         errors = [e for e in batch.column("error").to_pylist() if e]
+        scored_here = batch.num_rows - batch.column(RUNTIME).null_count  # not carried over
+        if self.first_rows_seconds is None and scored_here:
+            self.first_rows_seconds, self.first_rows = time.monotonic() - self.started, scored_here
         self.rows += batch.num_rows
         self.scored += batch.num_rows - len(errors)
         self.errors.update(error_kind(e) for e in errors)
@@ -47,6 +52,13 @@ class JobSummary:
     def pairs_per_second(self) -> float:
         """Rows this run produced per second (rows carried over cost nothing)."""
         return self.scored_now / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_pairs_per_second(self) -> float | None:
+        """Rows per second after the first rows came back: the rate once actors and model are up."""
+        if self.first_rows_seconds is None or self.seconds <= self.first_rows_seconds:
+            return None
+        return (self.scored_now - self.first_rows) / (self.seconds - self.first_rows_seconds)
 
     def format(self) -> str:
         lines = [
@@ -85,6 +97,9 @@ class JobSummary:
             "dtype": ", ".join(dtypes) or None,
             "seconds": round(self.seconds, 3),
             "pairs_per_second": round(self.pairs_per_second, 2),
+            "seconds_to_first_rows": None if self.first_rows_seconds is None else round(self.first_rows_seconds, 3),
+            "steady_pairs_per_second": None if self.steady_pairs_per_second is None else round(
+                self.steady_pairs_per_second, 2),
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
 

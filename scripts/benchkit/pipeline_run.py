@@ -32,6 +32,7 @@ def run(csv_path: Path, out_dir: Path, model: str, dtype: str, batch_size: int, 
     table = pq.read_table(output, columns=["cosine", "error"])
     return {
         "pairs": summary.rows, "seconds": seconds, "ray_start_seconds": ray_start,
+        "seconds_to_first_rows": summary.first_rows_seconds, "steady_pairs_per_second": summary.steady_pairs_per_second,
         "runtime": ", ".join(sorted(summary.runtimes)), "scored": summary.scored,
         "errors": dict(summary.errors), "cosine": table.column("cosine").to_pylist(),
     }

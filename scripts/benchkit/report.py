@@ -38,9 +38,14 @@ def summary_table(results: dict) -> str:
     rows = []
     for latency in results["settings"]["latency_ms"]:
         a, b, c, d = (m[(name, latency)] for name in ("model_only", "baseline", "tis_ray", "fetch_decode"))
-        rows.append([f"{latency:g} ms", f"{a:.1f}", f"{b:.1f}", f"{c:.1f}", f"{c / a:.2f}", f"{c / b:.2f}", f"{d:.1f}"])
-    return _table(["latency", "(a) model only", "(b) baseline", "(c) tis-ray", "c/a", "c/b", "(d) fetch + decode only"],
-                  rows)
+        steady = statistics.median(r["steady_pairs_per_second"] or 0.0 for r in results["runs"]
+                                   if r["name"] == "tis_ray" and r["latency_ms"] == latency)
+        start_up = statistics.median(r["seconds_to_first_rows"] or 0.0 for r in results["runs"]
+                                     if r["name"] == "tis_ray" and r["latency_ms"] == latency)
+        rows.append([f"{latency:g} ms", f"{a:.1f}", f"{b:.1f}", f"{c:.1f}", f"**{c / a:.2f}**", f"**{c / b:.2f}**",
+                     f"{start_up:.1f} s", f"{steady:.1f}", f"{steady / a:.2f}", f"{d:.1f}"])
+    return _table(["latency", "(a) model only", "(b) baseline", "(c) tis-ray", "c/a", "c/b", "(c) start-up",
+                   "(c) after start-up", "after start-up / a", "(d) fetch + decode only"], rows)
 
 
 def cpu_ms_per_image(result: dict) -> float:
