@@ -30,14 +30,15 @@ def clock(monkeypatch) -> Clock:
     return fake
 
 
-def test_start_up_is_the_time_to_the_first_scored_rows(clock):
+def test_start_up_is_the_time_until_the_first_rows_arrive(clock):
     job = JobSummary(model="m", started=clock.now)
-    clock.now += 1.0
-    job.add(rows([None] * 4, runtime=None))  # carried over from a checkpoint: not a sign of start-up's end
-    job.carried_over = 4
-    clock.now += 9.0
-    job.add(rows([None, "timeout: slow"]))
+    job.carried_over = 4  # rows a checkpoint held: counted, but not part of this run's rate
+    clock.now += 10.0
+    job.arrived(2)
     clock.now += 4.0
+    job.arrived(8)
+    job.add(rows([None] * 4, runtime=None))
+    job.add(rows([None, "timeout: slow"]))
     job.add(rows([None] * 8))
     assert job.first_rows_seconds == pytest.approx(10.0) and job.first_rows == 2
     assert job.seconds == pytest.approx(14.0)
@@ -52,5 +53,6 @@ def test_no_steady_rate_before_a_second_batch(clock):
     job = JobSummary(model="m", started=clock.now)
     assert job.steady_pairs_per_second is None
     clock.now += 3.0
+    job.arrived(3)
     job.add(rows([None] * 3))
     assert job.steady_pairs_per_second is None

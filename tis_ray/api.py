@@ -91,6 +91,7 @@ def score_file(
         ds = skip_rows(ds, checkpoint.rows_done)
     try:
         for batch in job.scored(ds, base_dir_of(input_path)).iter_batches(batch_format="pyarrow", batch_size=None):
+            summary.arrived(batch.num_rows)
             checkpoint.add(batch)
     finally:
         checkpoint.flush()  # rows scored before an interrupt are kept

@@ -34,15 +34,17 @@ class JobSummary:
     def add(self, batch: pa.Table) -> None:
         """Count a batch of result rows (with the internal columns; a null runtime: not scored here)."""
         errors = [e for e in batch.column("error").to_pylist() if e]
-        scored_here = batch.num_rows - batch.column(RUNTIME).null_count  # not carried over
-        if self.first_rows_seconds is None and scored_here:
-            self.first_rows_seconds, self.first_rows = time.monotonic() - self.started, scored_here
         self.rows += batch.num_rows
         self.scored += batch.num_rows - len(errors)
         self.errors.update(error_kind(e) for e in errors)
         self.truncated_captions += sum(1 for t in batch.column(TRUNCATED).to_pylist() if t)
         self.runtimes.update(r for r in batch.column(RUNTIME).unique().to_pylist() if r)
         self.seconds = time.monotonic() - self.started
+
+    def arrived(self, rows: int) -> None:
+        """Note when this run's first scored rows came back from Ray: the end of start-up."""
+        if self.first_rows_seconds is None and rows:
+            self.first_rows_seconds, self.first_rows = time.monotonic() - self.started, rows
 
     @property
     def scored_now(self) -> int:
