@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                         results["levers"].append({"lever": label, "latency_ms": latency, **result})
         results["accuracy"] = contender("accuracy", args, model, workload, args.pairs, None, work)["rows"]
     results["seconds"] = time.time() - started
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1))
     report.write(results, Path(args.out), Path(args.plots))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(without_bulk(results), indent=1))
     print(report.summary_table(results))
     print(f"wrote {args.json}, {args.out}, plots in {args.plots}")
     return 0
@@ -151,6 +151,14 @@ def run_contender(job: dict) -> int:
         result = {"rows": accuracy.run(workload, job["model"], job["accuracy_pairs"])}
     Path(job["result"]).write_text(json.dumps(result))
     return 0
+
+
+def without_bulk(results: dict) -> dict:
+    """Per-row cosines only where the report compares them (round 1); the rest would be megabytes."""
+    for result in results["runs"] + results["sweep"] + results["levers"]:
+        if result.get("round") != 0:
+            result.pop("cosine", None)
+    return results
 
 
 def prefix(workload: Workload, pairs: int) -> Workload:
