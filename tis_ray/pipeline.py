@@ -60,10 +60,6 @@ def add_scores(
     plan = plan_pools(model, pipeline, resources)
     if warning := gpu_wait_message(plan, resources):
         logging.getLogger(__name__).warning(warning)
-    # A file is read as one block, and one task maps a whole block: without this the
-    # scorer would wait for the fetch stage to finish the whole file. Blocks of one
-    # fetch batch stream through both stages and spread over the fetch actors.
-    ds = ds.repartition(target_num_rows_per_block=pipeline.fetch_batch_size)
     fetched = ds.map_batches(
         FetchStage,
         fn_constructor_kwargs=dict(
