@@ -81,20 +81,14 @@ class ScoreStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.num_rows
-        errors = batch.column(FETCH_ERROR).to_pylist()
-        captions: list[str] = []
-        for row, caption in enumerate(batch.column(self.caption_column).to_pylist()):
-            try:
-                captions.append(check_caption(caption))
-            except RowError as error:
-                captions.append("")
-                errors[row] = errors[row] or str(error)
+        errors = batch.column(FETCH_ERROR).to_pylist()  # caption errors included: FetchStage checked them
         ok = np.array([error is None for error in errors], dtype=bool)
         cosine = np.zeros(rows, dtype=np.float32)
         truncated = np.zeros(rows, dtype=bool)
         if ok.any():
             pixels = _tensor_column(batch, PIXELS)
-            scored = self.scorer.score(pixels[ok], [c for c, good in zip(captions, ok) if good])
+            captions = [check_caption(c) for c, good in zip(batch.column(self.caption_column).to_pylist(), ok) if good]
+            scored = self.scorer.score(pixels[ok], captions)
             cosine[ok], truncated[ok] = scored.cosine, scored.truncated
         missing = ~ok
         out = batch.drop_columns([PIXELS, FETCH_ERROR])
