@@ -72,22 +72,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="run", choices=("run", "_contender"), help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
-    parser.add_argument("--pairs", type=int, default=2000, help="pairs in the main comparison")
+    parser.add_argument("--pairs", type=positive_int, default=2000, help="pairs in the main comparison")
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 100], help="server latency per request")
-    parser.add_argument("--sweep", type=int, nargs="*", default=[10000], help="more sizes for tis-ray alone (memory vs N)")
+    parser.add_argument("--sweep", type=positive_int, nargs="*", default=[10000], help="more sizes for tis-ray alone (memory vs N)")
     parser.add_argument("--repeat-share", type=float, default=0.0, help="share of rows repeating an earlier URL")
-    parser.add_argument("--runs", type=int, default=3, help="rounds of the main comparison (medians are quoted)")
+    parser.add_argument("--runs", type=positive_int, default=3, help="rounds of the main comparison (medians are quoted)")
     parser.add_argument("--model", help="CLIP checkpoint folder (default: build --arch with make_test_model.py)")
     parser.add_argument("--arch", default="vit-b-32", choices=("tiny", "vit-b-32"))
     parser.add_argument("--dtype", default="auto", help="dtype for (a) and (c); (b) is float32 by definition")
-    parser.add_argument("--batch-size", type=int, default=64, help="pairs per model call in (a) and (c)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="pairs per model call in (a) and (c)")
     parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=True,
                         help="also run (c) with each speed lever turned off, at the first latency")
-    parser.add_argument("--accuracy-pairs", type=int, default=256, help="workload pairs in the accuracy check")
+    parser.add_argument("--accuracy-pairs", type=positive_int, default=256, help="workload pairs in the accuracy check")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "tis-ray-bench"))
     parser.add_argument("--json", default=str(REPO / "docs" / "benchmarks.json"))
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))

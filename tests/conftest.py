@@ -4,10 +4,12 @@ real HTTP server on 127.0.0.1 with failure modes, and one local Ray per session.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -250,11 +252,14 @@ def local_ray(ray_metrics_port):
 def ray_head(tmp_path_factory):
     """A real head started with `ray start --head --block` on loopback, as an operator
     starts one, for the tests that talk to a cluster through Ray's own CLIs (`serve
-    deploy`, `ray job submit`). Module-scoped: while it runs, a bare `ray.init()` on
-    this machine would join it. Stopped by killing that command's process group, so
-    only this head's processes end (`ray stop` would end every Ray on the machine)."""
+    deploy`, `ray job submit`). Stopped by killing that command's process group, so
+    only this head's processes end (`ray stop` would end every Ray on the machine).
+    It keeps its files in a temp folder of its own (short: socket paths must fit in
+    107 bytes): in /tmp/ray, its address file would make every bare `ray.init()` on
+    this machine join it, and, left behind by the killed head, try a dead cluster."""
     gcs, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
     log = tmp_path_factory.mktemp("ray-head") / "ray-start.log"
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-")
     with open(log, "w") as out:
         process = subprocess.Popen(
             [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
@@ -262,7 +267,7 @@ def ray_head(tmp_path_factory):
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
              # their defaults are fixed ports, which another Ray on this machine may hold
              f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-             "--disable-usage-stats"],
+             f"--temp-dir={temp_dir}", "--disable-usage-stats"],
             env=loopback_ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -286,3 +291,4 @@ def ray_head(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)

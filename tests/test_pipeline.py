@@ -16,6 +16,9 @@ from reference import EXACT_TOLERANCE, REDUCED_DECODE_TOLERANCE, reference_simil
 from tis_ray import Record, score_dataset, score_file, score_pairs
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 from tis_ray.errors import error_kind
+from tis_ray.pipeline import input_blocks, read_records
+from tis_ray.placement import CPU_SCORER_BUFFER_BYTES
+from tis_ray.records import input_schema
 
 FAST_FETCH = FetchConfig(timeout_s=2.0, retries=1, backoff_s=0.05, max_bytes=1_000_000)
 
@@ -153,6 +156,8 @@ def test_score_dataset_composes_with_user_pipelines(local_ray, image_server, mod
     scored = score_dataset(ds, image_column="img", caption_column="cap", model=model, fetch=FAST_FETCH)
     # Order is a property of the dataset's own context (copied at creation), not of the current one.
     assert scored.context.execution_options.preserve_order
+    # Fetching may run ahead of scoring by one CPU scorer's buffer, not by the whole input.
+    assert scored.context.execution_options.resource_limits.object_store_memory == CPU_SCORER_BUFFER_BYTES
     rows = scored.filter(lambda r: r["error"] is None).take_all()
     assert [r["n"] for r in rows] == list(range(10))
     assert set(rows[0]) == {"img", "cap", "n", "similarity", "error"}
@@ -174,3 +179,32 @@ def test_large_jpegs_decode_reduced_by_default_and_whole_on_request(local_ray, t
     for r, w, expected in zip(reduced, whole, want):
         assert abs(r.similarity - expected) <= REDUCED_DECODE_TOLERANCE
         assert abs(w.similarity - expected) <= EXACT_TOLERANCE
+
+
+def test_a_long_file_is_read_in_blocks_and_scored_in_order(local_ray, tmp_path, image_server, model, tiny_model,
+                                                           photos):
+    """A file of many rows is split by its read task, each block flows on by itself, and
+    the output still has every row once, in input order."""
+    names = ["chelsea", "coffee", "rocket", "retina", None]  # None: a 404 every fifth row
+    rows = [(image_server.url(f"photo/{n}.jpg" if n else "status/404"), f"row {i}: {n}")
+            for i, n in enumerate(names[i % 5] for i in range(1500))]
+    path = tmp_path / "long.csv"
+    pacsv.write_csv(pa.table({"id": [f"{i:04d}" for i in range(len(rows))],
+                              "image_url": [r[0] for r in rows], "caption": [r[1] for r in rows]}), path)
+    blocks = input_blocks(path.stat().st_size)
+    assert blocks > 1
+    read = read_records(str(path), input_schema(str(path), ["id", "image_url", "caption"])).materialize()
+    assert read.num_blocks() == blocks
+    out = tmp_path / "long.scored.csv"
+    score_file(str(path), str(out), model=model, fetch=FAST_FETCH, progress=False)
+    table = pacsv.read_csv(out, convert_options=pacsv.ConvertOptions(column_types={"id": pa.string()}))
+    assert table.column("id").to_pylist() == [f"{i:04d}" for i in range(len(rows))]
+    assert table.column("caption").to_pylist() == [r[1] for r in rows]
+    kinds = [error_kind(e) for e in table.column("error").to_pylist()]
+    assert kinds == [None if names[i % 5] else "http_404" for i in range(len(rows))]
+    sample = [0, 1, 2, 3, 751, 752, 1496, 1498]  # rows from the first, a middle and the last blocks
+    want = reference_similarities(tiny_model, [photos[names[i % 5]] for i in sample], [rows[i][1] for i in sample])
+    sims = table.column("similarity").to_pylist()
+    for i, expected in zip(sample, want):
+        assert abs(sims[i] - expected) <= tolerance(photos[names[i % 5]]), (i, sims[i], expected)
+    assert_stats_add_up(out, len(rows))

@@ -1,11 +1,13 @@
-"""Pool sizes and per-actor resources from the cluster's totals (pure arithmetic, no Ray)."""
+"""Pool sizes, per-actor resources and block sizes from the cluster's totals (pure arithmetic, no Ray)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tis_ray.config import ModelConfig, PipelineConfig
-from tis_ray.placement import GPU_SCORER_CPUS, gpu_wait_message, plan_pools
+from tis_ray.pipeline import INPUT_BYTES_PER_ROW, MAX_INPUT_BLOCKS, ROWS_PER_BLOCK, input_blocks
+from tis_ray.placement import (CPU_SCORER_BUFFER_BYTES, GPU_SCORER_BUFFER_BYTES, GPU_SCORER_CPUS, gpu_wait_message,
+                               plan_pools)
 
 AUTO = ModelConfig(device="auto")
 DEFAULTS = PipelineConfig()
@@ -50,3 +52,19 @@ def test_device_cuda_asks_for_gpus_the_cluster_has_not_got_yet():
 def test_user_sizes_win():
     plan = plan_pools(AUTO, PipelineConfig(fetch_actors=7, scorer_actors=2), {"CPU": 64, "GPU": 8})
     assert (plan.fetch_actors, plan.scorer_actors) == (7, 2)
+
+
+def test_the_object_store_budget_follows_the_scorers():
+    """Fetching runs ahead of scoring by a fixed budget per scorer, not by the input's length."""
+    cpu = plan_pools(AUTO, DEFAULTS, {"CPU": 2})
+    gpu = plan_pools(AUTO, DEFAULTS, {"CPU": 36, "GPU": 4})
+    assert cpu.buffer_bytes == CPU_SCORER_BUFFER_BYTES
+    assert gpu.buffer_bytes == 4 * GPU_SCORER_BUFFER_BYTES
+    assert CPU_SCORER_BUFFER_BYTES < GPU_SCORER_BUFFER_BYTES
+
+
+@pytest.mark.parametrize(("size", "blocks"), [(0, 1), (100, 1), (ROWS_PER_BLOCK * INPUT_BYTES_PER_ROW, 1),
+                                              (ROWS_PER_BLOCK * INPUT_BYTES_PER_ROW + INPUT_BYTES_PER_ROW, 2),
+                                              (10**12, MAX_INPUT_BLOCKS)])
+def test_an_input_file_is_read_into_blocks_of_about_rows_per_block(size, blocks):
+    assert input_blocks(size) == blocks

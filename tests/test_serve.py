@@ -22,8 +22,25 @@ from tis_ray.serve import ScoringService, service_options
 API_KEY = "s3cret-test-key"
 
 
+def batch_pairs(image_server, photos) -> list[tuple[str, str]]:
+    return [
+        (image_server.url("photo/chelsea.jpg"), "a cat"),
+        (image_server.url("photo/rocket.jpg"), "a rocket lifting off"),
+        (image_server.url("redirect/1/coffee.jpg"), "a cup of coffee"),
+        (str(photos["retina"]), "an eye"),
+    ]
+
+
 @pytest.fixture(scope="module")
-def service(local_ray, tiny_model, monkeypatch_module):
+def batch_results(local_ray, tiny_model, image_server, photos):
+    """The batch pipeline's results for `batch_pairs`, computed before Serve starts: the
+    three replicas below and a batch job on the same 2-CPU Ray would need its last CPU."""
+    return list(score_pairs(batch_pairs(image_server, photos), model=tiny_model, device="cpu",
+                            dtype="float32", fetch=FetchConfig(timeout_s=3)))
+
+
+@pytest.fixture(scope="module")
+def service(local_ray, tiny_model, monkeypatch_module, batch_results):
     """Three apps on one Serve instance: loopback allowed, default guard, and API-key protected."""
     from ray import serve
 
@@ -72,20 +89,14 @@ def test_health_ready_model_and_docs(service, tiny_model):
         assert response.status == 200 and b"swagger" in response.read().lower()
 
 
-def test_scores_equal_the_batch_pipeline(service, image_server, photos, tiny_model):
-    pairs = [
-        (image_server.url("photo/chelsea.jpg"), "a cat"),
-        (image_server.url("photo/rocket.jpg"), "a rocket lifting off"),
-        (image_server.url("redirect/1/coffee.jpg"), "a cup of coffee"),
-    ]
-    payload = {"pairs": [{"image_url": u, "caption": c} for u, c in pairs]
+def test_scores_equal_the_batch_pipeline(service, image_server, photos, tiny_model, batch_results):
+    urls = batch_pairs(image_server, photos)[:3]
+    payload = {"pairs": [{"image_url": u, "caption": c} for u, c in urls]
                + [{"image_base64": base64.b64encode(photos["retina"].read_bytes()).decode(), "caption": "an eye"}]}
     status, body = call(f"{service}/open/v1/score", payload)
     assert status == 200 and body["model"] == tiny_model, body
-    batch = list(score_pairs([*pairs, (str(photos["retina"]), "an eye")], model=tiny_model, device="cpu",
-                             dtype="float32", fetch=FetchConfig(timeout_s=3)))
     assert len(body["results"]) == 4
-    for online, offline in zip(body["results"], batch):
+    for online, offline in zip(body["results"], batch_results):
         assert online["error"] is None and offline.error is None
         assert abs(online["similarity"] - offline.similarity) <= 1e-4
         assert abs(online["cosine"] - offline.cosine) <= 1e-4

@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, JobIdentity
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
 from .loading import load_preprocess_spec
 from .output import check_output_path, write_atomically, write_stats
-from .pipeline import add_scores, read_records, skip_rows
+from .pipeline import add_scores, read_records, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
 from .records import Record, ScoreResult, input_schema, pick_columns, read_columns
 from .redo import inputs_of, merge, read_previous_output, retryable_rows
@@ -130,7 +130,7 @@ def rescore_errors(
     if rows:
         connect(address)
         show_progress(progress)
-        scored = job.scored(ray.data.from_arrow(inputs_of(previous, rows)), base_dir_of(input_path))
+        scored = job.scored(records_from_table(inputs_of(previous, rows)), base_dir_of(input_path))
         rescored = pa.concat_tables([rescored, *scored.iter_batches(batch_format="pyarrow", batch_size=None)],
                                     promote_options="permissive")
     carried = previous.filter(pa.array(np.isin(np.arange(previous.num_rows), rows, invert=True)))
@@ -163,7 +163,7 @@ def score_pairs(
     pipeline = dataclasses.replace(pipeline or PipelineConfig(), with_cosine=True)
     spec = load_preprocess_spec(model)  # a bad model fails here, before Ray starts
     connect(address)
-    scored = _scored(ray.data.from_arrow(table), "image", "caption", spec, model_cfg, fetch, pipeline, os.getcwd())
+    scored = _scored(records_from_table(table), "image", "caption", spec, model_cfg, fetch, pipeline, os.getcwd())
     return _results(scored, pairs)
 
 

@@ -20,15 +20,42 @@ from .records import csv_read_options, input_format
 from .stages import FetchStage, ScoreStage
 
 
+# Rows per input block, the unit a fetch actor takes and hands on: the scorer starts
+# once the first block is fetched, not the whole file, and the job holds the pixels of
+# a few blocks at a time, however long the input.
+ROWS_PER_BLOCK = 256
+# A row's bytes in an input file (a URL and a caption), to guess its rows from its size.
+INPUT_BYTES_PER_ROW = 128
+MAX_INPUT_BLOCKS = 4096  # past this, a task per block costs more than it saves
+
+
+def input_blocks(size_bytes: int) -> int:
+    """How many blocks an input file of `size_bytes` is read into."""
+    rows = size_bytes // INPUT_BYTES_PER_ROW
+    return min(MAX_INPUT_BLOCKS, max(1, -(-rows // ROWS_PER_BLOCK)))
+
+
 def read_records(path: str, schema: pa.Schema) -> Dataset:
-    """The input file (a path or a URL, see `storage`) as a Dataset; CSV cells stay text as written."""
+    """The input file (a path or a URL, see `storage`) as a Dataset; CSV cells stay text as written.
+
+    One file is one read task; asking Ray Data for more blocks than that makes the read
+    task split its own output, so the split takes no task (and no CPU) of its own.
+    """
     filesystem, inner = storage.resolve(path)
+    blocks = input_blocks(filesystem.get_file_info(inner).size or 0)
     if input_format(path) == "parquet":
-        return ray.data.read_parquet(inner, filesystem=filesystem, num_cpus=READ_CPUS)
+        return ray.data.read_parquet(inner, filesystem=filesystem, num_cpus=READ_CPUS, override_num_blocks=blocks)
     parse_options, convert_options = csv_read_options(schema)
     return ray.data.read_csv(
-        inner, filesystem=filesystem, parse_options=parse_options, convert_options=convert_options, num_cpus=READ_CPUS
+        inner, filesystem=filesystem, parse_options=parse_options, convert_options=convert_options,
+        num_cpus=READ_CPUS, override_num_blocks=blocks,
     )
+
+
+def records_from_table(table: pa.Table) -> Dataset:
+    """Rows already in memory as a Dataset, in blocks of `ROWS_PER_BLOCK` like a read file."""
+    starts = range(0, max(table.num_rows, 1), ROWS_PER_BLOCK)
+    return ray.data.from_arrow([table.slice(start, ROWS_PER_BLOCK) for start in starts])
 
 
 def skip_rows(ds: Dataset, rows: int) -> Dataset:
@@ -60,6 +87,9 @@ def add_scores(
     plan = plan_pools(model, pipeline, resources)
     if warning := gpu_wait_message(plan, resources):
         logging.getLogger(__name__).warning(warning)
+    limits = ds.context.execution_options.resource_limits
+    if limits.object_store_memory == float("inf"):  # a limit the user set stays
+        ds.context.execution_options.resource_limits = limits.copy(object_store_memory=plan.buffer_bytes)
     fetched = ds.map_batches(
         FetchStage,
         fn_constructor_kwargs=dict(

@@ -24,6 +24,12 @@ GPU_SCORER_CPUS = 1.0  # feeds its GPU: collates batches and tokenizes captions
 # Cores one fetch actor keeps busy (its event loop and two decode threads); the
 # default pool has one actor per this many spare cores.
 CORES_PER_FETCH_ACTOR = 2
+# Object-store bytes the job may hold (fetched pixels waiting for a scorer, 150 KB a row
+# at 224x224), per scorer actor: fetching runs ahead of scoring by this much and no
+# further, so memory stays flat however long the input. A CPU scorer takes ~20 pairs/s
+# (256 MiB is over a minute of its work); a GPU one over a thousand.
+CPU_SCORER_BUFFER_BYTES = 256 * 2**20
+GPU_SCORER_BUFFER_BYTES = 1024 * 2**20
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class PoolPlan:
     scorer_actors: int
     scorer_gpus: float
     scorer_cpus: float
+    buffer_bytes: int  # the job's object-store limit
 
 
 def plan_pools(model: ModelConfig, pipeline: PipelineConfig, resources: Mapping[str, float]) -> PoolPlan:
@@ -48,6 +55,7 @@ def plan_pools(model: ModelConfig, pipeline: PipelineConfig, resources: Mapping[
         scorer_actors=scorers,
         scorer_gpus=1.0 if use_gpus else 0.0,
         scorer_cpus=GPU_SCORER_CPUS if use_gpus else CPU_SCORER_CPUS,
+        buffer_bytes=scorers * (GPU_SCORER_BUFFER_BYTES if use_gpus else CPU_SCORER_BUFFER_BYTES),
     )
 
 
