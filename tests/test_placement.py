@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tis_ray.config import ModelConfig, PipelineConfig
-from tis_ray.pipeline import INPUT_BYTES_PER_ROW, MAX_INPUT_BLOCKS, ROWS_PER_BLOCK, input_blocks
+from tis_ray.pipeline import INPUT_BYTES_PER_ROW, MAX_INPUT_BLOCKS, MIN_INPUT_BLOCKS, ROWS_PER_BLOCK, input_blocks
 from tis_ray.placement import (CPU_SCORER_BUFFER_BYTES, GPU_SCORER_BUFFER_BYTES, GPU_SCORER_CPUS, gpu_wait_message,
                                plan_pools)
 
@@ -63,8 +63,9 @@ def test_the_object_store_budget_follows_the_scorers():
     assert CPU_SCORER_BUFFER_BYTES < GPU_SCORER_BUFFER_BYTES
 
 
-@pytest.mark.parametrize(("size", "blocks"), [(0, 1), (100, 1), (ROWS_PER_BLOCK * INPUT_BYTES_PER_ROW, 1),
-                                              (ROWS_PER_BLOCK * INPUT_BYTES_PER_ROW + INPUT_BYTES_PER_ROW, 2),
+@pytest.mark.parametrize(("size", "blocks"), [(0, MIN_INPUT_BLOCKS), (100, MIN_INPUT_BLOCKS),
+                                              (ROWS_PER_BLOCK * INPUT_BYTES_PER_ROW * 20, 20),
+                                              (ROWS_PER_BLOCK * INPUT_BYTES_PER_ROW * 20 + INPUT_BYTES_PER_ROW, 21),
                                               (10**12, MAX_INPUT_BLOCKS)])
 def test_an_input_file_is_read_into_blocks_of_about_rows_per_block(size, blocks):
     assert input_blocks(size) == blocks

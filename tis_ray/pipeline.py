@@ -23,16 +23,17 @@ from .stages import FetchStage, ScoreStage
 # Rows per input block, the unit a fetch actor takes and hands on: the scorer starts
 # once the first block is fetched, not the whole file, and the job holds the pixels of
 # a few blocks at a time, however long the input.
-ROWS_PER_BLOCK = 256
+ROWS_PER_BLOCK = 128
 # A row's bytes in an input file (a URL and a caption), to guess its rows from its size.
 INPUT_BYTES_PER_ROW = 128
+MIN_INPUT_BLOCKS = 8  # a short file flows in pieces too, and gives several fetch actors work
 MAX_INPUT_BLOCKS = 4096  # past this, a task per block costs more than it saves
 
 
 def input_blocks(size_bytes: int) -> int:
     """How many blocks an input file of `size_bytes` is read into."""
     rows = size_bytes // INPUT_BYTES_PER_ROW
-    return min(MAX_INPUT_BLOCKS, max(1, -(-rows // ROWS_PER_BLOCK)))
+    return min(MAX_INPUT_BLOCKS, max(MIN_INPUT_BLOCKS, -(-rows // ROWS_PER_BLOCK)))
 
 
 def read_records(path: str, schema: pa.Schema) -> Dataset:
