@@ -1,7 +1,8 @@
 """Ray Data wiring: read -> fetch actors (CPU) -> scorer actors (GPU where present).
 
-Nothing here touches pixels or models; it asks `placement` for the actor pools,
-asks Ray to keep row order, and reads the user's file.
+Nothing here touches pixels or models; it asks `placement` for the actor pools and
+the object-store budget, asks Ray to keep row order, and reads the user's file in
+blocks small enough to stream through both stages.
 """
 
 from __future__ import annotations
