@@ -186,8 +186,8 @@ def test_a_long_file_is_read_in_blocks_and_scored_in_order(local_ray, tmp_path, 
     """A file of many rows is split by its read task, each block flows on by itself, and
     the output still has every row once, in input order."""
     names = ["chelsea", "coffee", "rocket", "retina", None]  # None: a 404 every fifth row
-    rows = [(image_server.url(f"photo/{n}.jpg" if n else "status/404"), f"row {i}: {n}")
-            for i, n in enumerate(names[i % 5] for i in range(1500))]
+    rows = [(image_server.url(f"photo/{names[i % 5]}.jpg" if names[i % 5] else "status/404"),
+             f"row {i}: {names[i % 5]}") for i in range(1500)]
     path = tmp_path / "long.csv"
     pacsv.write_csv(pa.table({"id": [f"{i:04d}" for i in range(len(rows))],
                               "image_url": [r[0] for r in rows], "caption": [r[1] for r in rows]}), path)

@@ -1,4 +1,5 @@
-"""Pool sizes, per-actor resources and block sizes from the cluster's totals (pure arithmetic, no Ray)."""
+"""Pool sizes and per-actor resources from the cluster's totals, and input blocks from a file's size
+(pure arithmetic, no Ray)."""
 
 from __future__ import annotations
 
