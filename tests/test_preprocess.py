@@ -16,7 +16,8 @@ from transformers import AutoImageProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from tis_ray.prepare import bytes_to_pixels
-from tis_ray.preprocess import PreprocessSpec, min_decode_side, normalize, resize_and_crop
+from tis_ray.preprocess import PreprocessSpec, min_decode_side, resize_and_crop
+from tis_ray.scorer import normalize
 
 TOLERANCE = 1e-5
 

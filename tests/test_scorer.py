@@ -61,6 +61,15 @@ def test_long_captions_are_truncated_and_flagged(scorer, tiny_model, photos):
     np.testing.assert_allclose(result.cosine[:1], want, atol=1e-5)
 
 
+def test_truncation_flag_is_exact_at_the_context_length(scorer, photos):
+    context = scorer.max_text_tokens
+    fits, over = "cat " * (context - 2), "cat " * (context - 1)  # plus the start and end tokens
+    full = scorer.tokenizer([fits, over], truncation=False)["input_ids"]  # the untruncated reference
+    assert [len(ids) for ids in full] == [context, context + 1]
+    result = scorer.score(_pixels(scorer, [photos["chelsea"]] * 2), [fits, over])
+    assert result.truncated.tolist() == [False, True]
+
+
 def test_padding_does_not_change_a_caption_score(scorer, photos):
     pixels = _pixels(scorer, [photos["rocket"]] * 2)
     alone = scorer.score(pixels[:1], ["a rocket"]).cosine[0]

@@ -18,7 +18,8 @@ from .config import FetchConfig, ModelConfig, PipelineConfig
 from .placement import FETCH_CPUS, READ_CPUS, gpu_wait_message, plan_pools
 from .preprocess import PreprocessSpec
 from .records import csv_read_options, input_format
-from .stages import FetchStage, ScoreStage
+from .fetch_stage import FetchStage
+from .score_stage import ScoreStage
 
 
 # Rows per input block, the unit a fetch actor takes and hands on: the scorer starts

@@ -1,11 +1,12 @@
 """CLIP image preprocessing, split where the bytes are smallest.
 
 The fetch actors resize and centre-crop to 8-bit pixels (``resize_and_crop``); the
-scorer rescales and normalises on its own device (``normalize``). That ships a
-quarter of the bytes of float32 between actors and is exactly what the model's own
-image processor computes (transformers' ``image_processing_clip``): shortest side
-to ``shortest_edge`` with ``int(size * long / short)`` for the long side, centre
-crop with a floor offset, zero padding where the image is smaller than the crop.
+scorer rescales and normalises on its own device (``scorer.normalize``), so this
+module, and the fetch actors, need no torch. That ships a quarter of the bytes of
+float32 between actors and is exactly what the model's own image processor
+computes (transformers' ``image_processing_clip``): shortest side to
+``shortest_edge`` with ``int(size * long / short)`` for the long side, centre crop
+with a floor offset, zero padding where the image is smaller than the crop.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from math import ceil
 
 import numpy as np
-import torch
 from PIL import Image
 
 
@@ -76,7 +76,7 @@ def min_decode_side(spec: PreprocessSpec, oversample: int = DRAFT_OVERSAMPLE) ->
 
 
 def resize_and_crop(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """An RGB image to a (height, width, 3) uint8 array, ready for `normalize`."""
+    """An RGB image to a (height, width, 3) uint8 array, ready for `scorer.normalize`."""
     height, width = _resized_size(image.height, image.width, spec)
     if (height, width) != (image.height, image.width):
         image = image.resize((width, height), resample=spec.resample)
@@ -109,11 +109,3 @@ def _center_crop(pixels: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     padded[pad_top : pad_top + height, pad_left : pad_left + width] = pixels
     top, left = top + pad_top, left + pad_left
     return padded[max(0, top) : max(0, top) + crop_h, max(0, left) : max(0, left) + crop_w]
-
-
-def normalize(pixels: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """(N, H, W, 3) uint8 to (N, 3, H, W) float32, rescaled and normalised."""
-    mean = torch.tensor(spec.image_mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.image_std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-    x = pixels.permute(0, 3, 1, 2).to(torch.float32) * spec.rescale_factor
-    return (x - mean) / std

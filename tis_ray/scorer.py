@@ -17,7 +17,7 @@ import torch
 
 from .config import ModelConfig
 from .loading import load_model, load_preprocess_spec, resolve_device, resolve_dtype
-from .preprocess import normalize
+from .preprocess import PreprocessSpec
 from .scoring import cosine_rows
 
 
@@ -66,14 +66,25 @@ class ClipScorer:
     @torch.inference_mode()
     def embed_texts(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Unit-length float32 embeddings, and which captions were truncated."""
-        full_lengths = [len(ids) for ids in self.tokenizer(captions, truncation=False)["input_ids"]]
+        # One token past the context is enough to tell a cut caption, and truncating there
+        # keeps long captions cheap and the tokenizer's over-length warning quiet.
+        limit = self.max_text_tokens + 1
+        lengths = [len(ids) for ids in self.tokenizer(captions, truncation=True, max_length=limit)["input_ids"]]
         tokens = self.tokenizer(
             captions, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
         ).to(self.device)
         features = self.model.get_text_features(
             input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
         ).pooler_output
-        return _unit(features), np.array(full_lengths) > self.max_text_tokens
+        return _unit(features), np.array(lengths) > self.max_text_tokens
+
+
+def normalize(pixels: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(N, H, W, 3) uint8 to (N, 3, H, W) float32, rescaled and normalised."""
+    mean = torch.tensor(spec.image_mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.image_std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    x = pixels.permute(0, 3, 1, 2).to(torch.float32) * spec.rescale_factor
+    return (x - mean) / std
 
 
 def _unit(features: torch.Tensor) -> np.ndarray:

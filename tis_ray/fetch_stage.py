@@ -1,8 +1,8 @@
-"""The two Ray Data stages: thin adapters from Arrow batches to the plain modules.
+"""The fetch stage: a thin async-actor adapter from Arrow batches to `ImagePreparer`.
 
-`FetchStage` is an async actor: it prepares a batch's images concurrently with one
-`ImagePreparer`. `ScoreStage` holds one `ClipScorer`. Both take and return Arrow
-tables so that the user's other columns pass through untouched.
+It prepares a batch's images concurrently and appends their pixels and any row error,
+so that the user's other columns pass through untouched. It imports neither torch nor
+the model, which keeps each fetch actor's start-up and memory small.
 """
 
 from __future__ import annotations
@@ -13,16 +13,13 @@ import numpy as np
 import pyarrow as pa
 from ray.data.extensions import ArrowTensorArray
 
-from .columns import FETCH_ERROR, PIXELS, RUNTIME, TRUNCATED
-from .config import FetchConfig, ModelConfig
+from .columns import FETCH_ERROR, PIXELS
+from .config import FetchConfig
 from .errors import RowError
 from .prepare import ImagePreparer
 from .preprocess import PreprocessSpec
 from .records import check_caption
-from .scorer import ClipScorer
-from .scoring import similarity_from_cosine
 from .sources import classify_image_ref
-
 
 
 class FetchStage:
@@ -72,34 +69,6 @@ class FetchStage:
             return RowError.internal(exc)
 
 
-class ScoreStage:
-    def __init__(self, caption_column: str, model: ModelConfig, with_cosine: bool):
-        self.caption_column = caption_column
-        self.with_cosine = with_cosine
-        self.scorer = ClipScorer(model)
-        self.runtime = f"{self.scorer.device}/{self.scorer.dtype_name}"
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.num_rows
-        errors = batch.column(FETCH_ERROR).to_pylist()  # caption errors included: FetchStage checked them
-        ok = np.array([error is None for error in errors], dtype=bool)
-        cosine = np.zeros(rows, dtype=np.float32)
-        truncated = np.zeros(rows, dtype=bool)
-        if ok.any():
-            pixels = _tensor_column(batch, PIXELS)
-            captions = [check_caption(c) for c, good in zip(batch.column(self.caption_column).to_pylist(), ok) if good]
-            scored = self.scorer.score(pixels[ok], captions)
-            cosine[ok], truncated[ok] = scored.cosine, scored.truncated
-        missing = ~ok
-        out = batch.drop_columns([PIXELS, FETCH_ERROR])
-        out = out.append_column("similarity", pa.array(similarity_from_cosine(cosine), mask=missing))
-        if self.with_cosine:
-            out = out.append_column("cosine", pa.array(cosine.astype(np.float64), mask=missing))
-        out = out.append_column("error", pa.array(errors, type=pa.string()))
-        out = out.append_column(TRUNCATED, pa.array(truncated))
-        return out.append_column(RUNTIME, pa.array([self.runtime] * rows, type=pa.string()))
-
-
 def _caption_error(caption: object) -> RowError | None:
     try:
         check_caption(caption)
@@ -113,7 +82,3 @@ def _runs_on(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def _tensor_column(table: pa.Table, name: str) -> np.ndarray:
-    return np.concatenate([chunk.to_numpy() for chunk in table.column(name).chunks])
