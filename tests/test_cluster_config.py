@@ -47,8 +47,8 @@ def test_cpu_group_and_head_advertise_no_gpu(config):
 
 
 def test_setup_installs_the_pinned_torch_and_the_wheel_everywhere(config):
-    wheel = "pip install ~/tis-ray-dist/tis_ray-0.1.0-py3-none-any.whl"
-    assert config["file_mounts"] == {"~/tis-ray-dist": "./dist"}
+    wheel = "pip install -c ~/tis-ray-deploy/constraints.txt ~/tis-ray-dist/tis_ray-0.1.0-py3-none-any.whl"
+    assert config["file_mounts"] == {"~/tis-ray-dist": "./dist", "~/tis-ray-deploy": "./deploy"}
     cpu_torch = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
     for merged in (config["head_setup_commands"], config["worker_setup_commands"]):  # common + own
         assert merged.index(cpu_torch) < merged.index(wheel)
@@ -56,6 +56,20 @@ def test_setup_installs_the_pinned_torch_and_the_wheel_everywhere(config):
     assert any(c.startswith("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu")
                for c in gpu_setup)
     assert gpu_setup[-1] == wheel
+
+
+def test_constraints_pin_every_dependency_within_the_projects_own_ranges():
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (REPO / "deploy" / "constraints.txt").read_text().splitlines()
+    pins = {canonicalize_name(r.name): r for r in map(Requirement, (ln for ln in lines if ln and ln[0] != "#"))}
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in pins.values()), pins
+    for dependency in map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]):
+        pin = pins[canonicalize_name(dependency.name)]  # every dependency is pinned ...
+        assert dependency.specifier.contains(next(iter(pin.specifier)).version), (dependency, pin)  # ... in range
 
 
 def test_wheel_name_in_setup_matches_the_project_version():

@@ -9,14 +9,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import ray
 from PIL import Image
 
+from conftest import REPO
 from jobs import assert_stats_add_up
 from reference import EXACT_TOLERANCE, REDUCED_DECODE_TOLERANCE, reference_similarities, tolerance
 from tis_ray import Record, score_dataset, score_file, score_pairs
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 from tis_ray.errors import error_kind
-from tis_ray.pipeline import input_blocks, read_records
+from tis_ray.pipeline import cluster_capacity, input_blocks, read_records
 from tis_ray.placement import CPU_SCORER_BUFFER_BYTES
 from tis_ray.records import input_schema
 
@@ -208,3 +210,19 @@ def test_a_long_file_is_read_in_blocks_and_scored_in_order(local_ray, tmp_path, 
     for i, expected in zip(sample, want):
         assert abs(sims[i] - expected) <= tolerance(photos[names[i % 5]]), (i, sims[i], expected)
     assert_stats_add_up(out, len(rows))
+
+
+def test_pools_are_sized_for_what_the_launchers_config_on_the_head_can_reach(local_ray, tmp_path, monkeypatch,
+                                                                            caplog):
+    """`ray up` leaves the cluster's config at ~/ray_bootstrap_config.yaml on the head, where jobs run."""
+    now = ray.cluster_resources()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cluster_capacity() == now  # no launcher config here, and the local Ray reports no autoscaler config
+    shutil.copy(REPO / "cluster.yaml", tmp_path / "ray_bootstrap_config.yaml")
+    reached = cluster_capacity()
+    assert (reached["GPU"], reached["CPU"]) == (12, max(now["CPU"], 12 * 4 + 16 * 8))
+    assert {k: v for k, v in reached.items() if k not in ("CPU", "GPU")} == {
+        k: v for k, v in now.items() if k not in ("CPU", "GPU")}
+    (tmp_path / "ray_bootstrap_config.yaml").write_text("available_node_types: [not, a, mapping]\n")
+    assert cluster_capacity() == now
+    assert "ray_bootstrap_config.yaml: not read" in caplog.text

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-import pytest
+import sys
 
+import pytest
+import yaml
+
+from conftest import REPO
 from tis_ray.config import ModelConfig, PipelineConfig
 from tis_ray.pipeline import INPUT_BYTES_PER_ROW, MAX_INPUT_BLOCKS, MIN_INPUT_BLOCKS, ROWS_PER_BLOCK, input_blocks
 from tis_ray.placement import (CPU_SCORER_BUFFER_BYTES, GPU_SCORER_BUFFER_BYTES, GPU_SCORER_CPUS, gpu_wait_message,
-                               plan_pools)
+                               launcher_capacity, plan_pools, reachable_resources)
 
 AUTO = ModelConfig(device="auto")
 DEFAULTS = PipelineConfig()
@@ -48,6 +52,33 @@ def test_device_cuda_asks_for_gpus_the_cluster_has_not_got_yet():
     message = gpu_wait_message(plan, resources)
     assert "3 scorer actor(s)" in message and "has 0" in message and "--device cpu" in message
     assert gpu_wait_message(plan, {"CPU": 4, "GPU": 3}) is None
+
+
+def test_the_shipped_cluster_yaml_sizes_pools_for_what_its_groups_reach():
+    """Head (CPU 0) + 12 GPU nodes {CPU 4, GPU 1} + 16 CPU nodes {CPU 8}: nothing is up but the head."""
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    capacity = launcher_capacity(config)
+    assert capacity == {"CPU": 12 * 4 + 16 * 8, "GPU": 12}
+    plan = plan_pools(AUTO, DEFAULTS, reachable_resources({"CPU": 0}, capacity))
+    assert (plan.scorer_actors, plan.scorer_gpus) == (12, 1.0)  # waiting scorers bring the GPU nodes up
+    assert plan.fetch_actors == (176 - 12 * GPU_SCORER_CPUS) // 2
+
+
+def test_launcher_capacity_counts_the_head_once_and_skips_types_without_resources():
+    config = {"head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 4}, "max_workers": 2},  # the head, and up to 2 more of its type
+        "detected": {"max_workers": 10},  # resources left to the launcher to detect
+        "gpu": {"resources": {"CPU": 8, "GPU": 2}, "min_workers": 1, "max_workers": 3},
+    }}
+    assert launcher_capacity(config) == {"CPU": 3 * 4 + 3 * 8, "GPU": 6}
+
+
+def test_reachable_resources_take_the_most_of_now_and_each_known_capacity():
+    now = {"CPU": 16, "GPU": 1, "memory": 5e10}
+    assert reachable_resources(now, None) == now
+    assert reachable_resources(now, {"CPU": 8, "GPU": 4}, None, {"GPU": 2, "TPU": 8}) == {
+        "CPU": 16, "GPU": 4, "memory": 5e10, "TPU": 8}
+    assert reachable_resources(now, {"GPU": sys.maxsize}) == now  # unlimited: plan for what is up
 
 
 def test_user_sizes_win():

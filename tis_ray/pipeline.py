@@ -8,14 +8,17 @@ blocks small enough to stream through both stages.
 from __future__ import annotations
 
 import logging
+import os
 
 import pyarrow as pa
 import ray
+import yaml
 from ray.data import ActorPoolStrategy, Dataset
 
 from . import storage
 from .config import FetchConfig, ModelConfig, PipelineConfig
-from .placement import FETCH_CPUS, READ_CPUS, gpu_wait_message, plan_pools
+from .placement import (FETCH_CPUS, READ_CPUS, gpu_wait_message, launcher_capacity, plan_pools,
+                        reachable_resources)
 from .preprocess import PreprocessSpec
 from .records import csv_read_options, input_format
 from .fetch_stage import FetchStage
@@ -30,6 +33,9 @@ ROWS_PER_BLOCK = 128
 INPUT_BYTES_PER_ROW = 128
 MIN_INPUT_BLOCKS = 8  # a short file flows in pieces too, and gives several fetch actors work
 MAX_INPUT_BLOCKS = 4096  # past this, a task per block costs more than it saves
+# Where the cluster launcher (`ray up`) leaves the cluster's config on the head node,
+# where `ray job submit` runs the driver.
+LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
 
 
 def input_blocks(size_bytes: int) -> int:
@@ -61,6 +67,33 @@ def records_from_table(table: pa.Table) -> Dataset:
     return ray.data.from_arrow([table.slice(start, ROWS_PER_BLOCK) for start in starts])
 
 
+def cluster_capacity() -> dict[str, float]:
+    """The resources the cluster can reach: what it has now, or more where the launcher's
+    config on this node or Ray's own autoscaler config says it can scale further."""
+    return reachable_resources(ray.cluster_resources(), _launcher_config_capacity(), _ray_reported_capacity())
+
+
+def _launcher_config_capacity() -> dict[str, float] | None:
+    path = os.path.expanduser(LAUNCHER_CONFIG)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return launcher_capacity(yaml.safe_load(f) or {})
+    except (OSError, yaml.YAMLError, AttributeError, TypeError) as exc:
+        logging.getLogger(__name__).warning("%s: not read (%s); pools sized for the nodes up now", path, exc)
+        return None
+
+
+def _ray_reported_capacity() -> dict[str, float] | None:
+    """What Ray's autoscaler reports it can scale to, where one reports it (Ray Data and
+    Ray Train read the same; it is not a public API, so any failure means unknown)."""
+    try:
+        return ray._private.state.state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - an optional hint, never a reason to fail the job
+        return None
+
+
 def skip_rows(ds: Dataset, rows: int) -> Dataset:
     """`ds` without its first `rows` rows, order kept (a resumed job's rows already done).
 
@@ -86,9 +119,8 @@ def add_scores(
     # Each Dataset carries the DataContext copied when it was created (here, at read
     # time), so order is asked for on the dataset itself, not on the current context.
     ds.context.execution_options.preserve_order = True
-    resources = ray.cluster_resources()
-    plan = plan_pools(model, pipeline, resources)
-    if warning := gpu_wait_message(plan, resources):
+    plan = plan_pools(model, pipeline, cluster_capacity())
+    if warning := gpu_wait_message(plan, ray.cluster_resources()):
         logging.getLogger(__name__).warning(warning)
     limits = ds.context.execution_options.resource_limits
     if limits.object_store_memory == float("inf"):  # a limit the user set stays

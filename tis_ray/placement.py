@@ -1,6 +1,10 @@
 """How many actors of each kind, and what each asks Ray for: pure arithmetic on the
 cluster's resource totals, so it is tested without a cluster.
 
+The totals are what the cluster can reach, not only what is up: on an autoscaling
+cluster, the node groups' ``max_workers`` x ``resources``. Actors that wait for
+resources are what makes Ray's autoscaler add nodes.
+
 Fetch actors ask for CPU only, so Ray never parks them on a GPU node's slot; scorer
 actors ask for one GPU each where the cluster has GPUs (or the user asked for CUDA,
 which on an autoscaling cluster brings GPU nodes up from zero), else they are CPU
@@ -9,6 +13,8 @@ actors. Pool sizes follow the cluster unless the user set them.
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,6 +36,30 @@ CORES_PER_FETCH_ACTOR = 2
 # (256 MiB is over a minute of its work); a GPU one over a thousand.
 CPU_SCORER_BUFFER_BYTES = 256 * 2**20
 GPU_SCORER_BUFFER_BYTES = 1024 * 2**20
+
+
+def launcher_capacity(config: Mapping) -> dict[str, float]:
+    """What a cluster launcher config's node types reach together: ``max_workers`` x
+    ``resources`` each, the head once more. A type without ``resources`` (left to the
+    launcher to detect) counts for nothing; the global ``max_workers`` is not applied."""
+    head = config.get("head_node_type")
+    total: Counter = Counter()
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        count = node_type.get("max_workers", 0) + (1 if name == head else 0)
+        for key, value in (node_type.get("resources") or {}).items():
+            total[key] += count * value
+    return dict(total)
+
+
+def reachable_resources(now: Mapping[str, float], *capacities: Mapping[str, float] | None) -> dict[str, float]:
+    """Per resource, the most of what the cluster has now and what each capacity says it
+    can scale to (None: not known; an unlimited resource is left at what it has now)."""
+    reachable = dict(now)
+    for capacity in capacities:
+        for key, value in (capacity or {}).items():
+            if value < sys.maxsize:  # Ray's way of saying unlimited
+                reachable[key] = max(reachable.get(key, 0), value)
+    return reachable
 
 
 @dataclass(frozen=True)
@@ -60,7 +90,8 @@ def plan_pools(model: ModelConfig, pipeline: PipelineConfig, resources: Mapping[
 
 
 def gpu_wait_message(plan: PoolPlan, resources: Mapping[str, float]) -> str | None:
-    """A warning when scorers ask for more GPUs than the cluster has now (they wait for the autoscaler)."""
+    """A warning when scorers ask for more GPUs than the cluster has now, `resources`
+    (they wait for the autoscaler)."""
     gpus = int(resources.get("GPU", 0))
     wanted = int(plan.scorer_actors * plan.scorer_gpus)
     if wanted <= gpus:
