@@ -99,6 +99,41 @@ def test_requests_queued_for_one_host_do_not_take_the_in_flight_slots_of_others(
     assert plain_arrival < slow_arrivals[1]  # it did not wait for the first slow reply to finish
 
 
+class InFlight:
+    """A behaviour wrapper that counts, on the server, the requests it is answering at once."""
+
+    def __init__(self, then):
+        self.then, self.now, self.most = then, 0, 0
+
+    async def __call__(self, ex) -> bool:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await self.then(ex)
+        finally:
+            self.now -= 1
+
+
+def test_the_default_per_host_cap_is_16_connections_per_host_not_per_job():
+    cfg = FetchConfig()
+    assert cfg.per_host_limit == 16 and cfg.max_in_flight > 2 * 16  # the documented defaults
+    gauges = [InFlight(delayed(0.3, serves(assets.photo()))) for _ in range(2)]
+    hosts = [FaultServer({"img": gauge}) for gauge in gauges]
+    try:
+        async def main():
+            fetcher = ImageFetcher(cfg)
+            results = await gather_fetches(fetcher, *(source(h, f"img/{i}") for i in range(40) for h in hosts))
+            await fetcher.close()
+            return results
+
+        results = asyncio.run(main())
+    finally:
+        for host in hosts:
+            host.close()
+    assert results == [PHOTO] * 80
+    assert [g.most for g in gauges] == [16, 16]  # each host its own 16 at once, and never more
+
+
 class LoopbackResolver(AbstractResolver):
     """Resolves the names it is given to 127.0.0.1 and nothing else: no DNS query leaves the machine."""
 

@@ -1,0 +1,56 @@
+"""The output file appears whole or not at all: rows stream into a hidden file beside it,
+which is renamed into place only after the last row."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from tis_ray.output import write_atomically
+
+BATCH = pa.table({"caption": ["a cat", "a dog"], "similarity": [0.61, 0.58]})
+
+
+class ScoringFailed(Exception):
+    pass
+
+
+def _partials(folder) -> list:
+    return [p for p in folder.iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("name", ["scored.csv", "scored.parquet"])
+def test_a_job_that_fails_midway_leaves_no_output_and_no_partial_file(tmp_path, name):
+    target = tmp_path / name
+    seen_while_writing = []
+
+    def batches():
+        yield BATCH
+        yield BATCH
+        # Two batches are in the hidden file by now; nothing is at the target yet.
+        partial, = _partials(tmp_path)
+        seen_while_writing.append((target.exists(), partial.stat().st_size > 0))
+        raise ScoringFailed
+
+    with pytest.raises(ScoringFailed):
+        for _ in write_atomically(batches(), str(target), BATCH.schema):
+            pass
+    assert seen_while_writing == [(False, True)]
+    assert not target.exists() and _partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["scored.csv", "scored.parquet"])
+def test_a_finished_job_leaves_exactly_its_rows_at_the_target(tmp_path, name):
+    target = tmp_path / name
+    passed = list(write_atomically([BATCH, BATCH], str(target), BATCH.schema))
+    assert len(passed) == 2 and _partials(tmp_path) == []
+    read = pacsv.read_csv(target) if name.endswith(".csv") else pq.read_table(target)
+    assert read.to_pylist() == BATCH.to_pylist() * 2
+
+
+def test_a_job_with_no_rows_writes_the_header(tmp_path):
+    target = tmp_path / "scored.csv"
+    list(write_atomically([], str(target), BATCH.schema))
+    assert target.read_text().splitlines() == ['"caption","similarity"']
