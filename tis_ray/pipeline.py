@@ -17,11 +17,11 @@ from ray.data import ActorPoolStrategy, Dataset
 
 from . import storage
 from .config import FetchConfig, ModelConfig, PipelineConfig
+from .fetch_stage import FetchStage
 from .placement import (FETCH_CPUS, READ_CPUS, gpu_wait_message, launcher_capacity, plan_pools,
                         reachable_resources)
 from .preprocess import PreprocessSpec
 from .records import csv_read_options, input_format
-from .fetch_stage import FetchStage
 from .score_stage import ScoreStage
 
 
