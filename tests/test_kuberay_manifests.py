@@ -70,7 +70,25 @@ def test_rayjob_entrypoint_parses_with_the_real_cli():
     assert args.run is run_score
     assert args.input.startswith("s3://") and args.output.startswith("s3://")
     assert args.device == "cuda"  # asks for GPUs, so the GPU group scales up from 0
-    assert _gpu_group(job["spec"]["rayClusterSpec"])["minReplicas"] == 0
+    group = _gpu_group(job["spec"]["rayClusterSpec"])
+    assert group["minReplicas"] == 0
+    # KubeRay does not tell the job how far the group can grow: the entrypoint says it.
+    assert 1 <= args.scorer_actors <= group["maxReplicas"]
+
+
+def test_one_gpu_limit_across_the_launcher_serve_and_kuberay_configs():
+    """docs/scaling.md sizes the GPU group once; every config that bounds it says the same."""
+    launcher = yaml.safe_load((REPO / "cluster.yaml").read_text())["available_node_types"]["gpu_workers"]
+    serve = _manifest("serve-gpu.yaml")["applications"][0]["deployments"][0]["autoscaling_config"]
+    limits = {
+        "cluster.yaml gpu_workers.max_workers": launcher["max_workers"],
+        "serve-gpu.yaml max_replicas": serve["max_replicas"],
+        "rayservice.yaml gpu-workers maxReplicas": _gpu_group(_manifest("rayservice.yaml")["spec"]["rayClusterConfig"])[
+            "maxReplicas"],
+        "rayjob.yaml gpu-workers maxReplicas": _gpu_group(_manifest("rayjob.yaml")["spec"]["rayClusterSpec"])[
+            "maxReplicas"],
+    }
+    assert len(set(limits.values())) == 1, limits
 
 
 @pytest.mark.parametrize("field,value", [("import_path", "tis_ray"), ("max_ongoing_requests", 0)])

@@ -217,12 +217,12 @@ def test_pools_are_sized_for_what_the_launchers_config_on_the_head_can_reach(loc
     """`ray up` leaves the cluster's config at ~/ray_bootstrap_config.yaml on the head, where jobs run."""
     now = ray.cluster_resources()
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert cluster_capacity() == now  # no launcher config here, and the local Ray reports no autoscaler config
+    assert cluster_capacity(now) == now  # no launcher config here, and the local Ray reports no autoscaler config
     shutil.copy(REPO / "cluster.yaml", tmp_path / "ray_bootstrap_config.yaml")
-    reached = cluster_capacity()
+    reached = cluster_capacity(now)
     assert (reached["GPU"], reached["CPU"]) == (12, max(now["CPU"], 12 * 4 + 16 * 8))
     assert {k: v for k, v in reached.items() if k not in ("CPU", "GPU")} == {
         k: v for k, v in now.items() if k not in ("CPU", "GPU")}
     (tmp_path / "ray_bootstrap_config.yaml").write_text("available_node_types: [not, a, mapping]\n")
-    assert cluster_capacity() == now
+    assert cluster_capacity(now) == now
     assert "ray_bootstrap_config.yaml: not read" in caplog.text

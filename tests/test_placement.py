@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import sys
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from conftest import REPO
 from tis_ray.config import ModelConfig, PipelineConfig
-from tis_ray.pipeline import INPUT_BYTES_PER_ROW, MAX_INPUT_BLOCKS, MIN_INPUT_BLOCKS, ROWS_PER_BLOCK, input_blocks
-from tis_ray.placement import (CPU_SCORER_BUFFER_BYTES, GPU_SCORER_BUFFER_BYTES, GPU_SCORER_CPUS, gpu_wait_message,
-                               launcher_capacity, plan_pools, reachable_resources)
+from tis_ray.pipeline import (INPUT_BYTES_PER_ROW, MAX_INPUT_BLOCKS, MIN_INPUT_BLOCKS, ROWS_PER_BLOCK, estimated_rows,
+                              input_blocks)
+from tis_ray.placement import (CPU_SCORER_BUFFER_BYTES, GPU_SCORER_BUFFER_BYTES, GPU_SCORER_CPUS, ROWS_PER_GPU_SCORER,
+                               gpu_wait_message, launcher_capacity, plan_pools, reachable_resources)
 
 AUTO = ModelConfig(device="auto")
 DEFAULTS = PipelineConfig()
@@ -59,9 +63,37 @@ def test_the_shipped_cluster_yaml_sizes_pools_for_what_its_groups_reach():
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     capacity = launcher_capacity(config)
     assert capacity == {"CPU": 12 * 4 + 16 * 8, "GPU": 12}
-    plan = plan_pools(AUTO, DEFAULTS, reachable_resources({"CPU": 0}, capacity))
+    now = {"CPU": 0}
+    plan = plan_pools(AUTO, DEFAULTS, reachable_resources(now, capacity), up_now=now)
     assert (plan.scorer_actors, plan.scorer_gpus) == (12, 1.0)  # waiting scorers bring the GPU nodes up
     assert plan.fetch_actors == (176 - 12 * GPU_SCORER_CPUS) // 2
+
+
+@pytest.mark.parametrize(("rows", "gpus_up", "scorers"), [
+    (10, 0, 1),  # a small job starts one GPU node, not twelve
+    (ROWS_PER_GPU_SCORER, 0, 1),
+    (ROWS_PER_GPU_SCORER + 1, 0, 2),
+    (5 * ROWS_PER_GPU_SCORER, 0, 5),
+    (100 * ROWS_PER_GPU_SCORER, 0, 12),  # no more than the cluster can reach
+    (10, 3, 3),  # GPUs already up are used whatever the job's size
+    (4 * ROWS_PER_GPU_SCORER, 3, 4),
+])
+def test_gpus_not_up_yet_are_asked_for_by_the_jobs_size(rows, gpus_up, scorers):
+    reachable, now = {"CPU": 176, "GPU": 12}, {"CPU": 4 * gpus_up, "GPU": gpus_up}
+    plan = plan_pools(AUTO, DEFAULTS, reachable, up_now=now, rows=rows)
+    assert (plan.scorer_actors, plan.scorer_gpus) == (scorers, 1.0)
+    assert plan_pools(AUTO, PipelineConfig(scorer_actors=7), reachable, up_now=now, rows=rows).scorer_actors == 7
+
+
+def test_launcher_capacity_stops_at_the_global_max_workers_with_the_richest_nodes():
+    config = {"head_node_type": "head", "max_workers": 5, "available_node_types": {
+        "head": {"resources": {"CPU": 2}, "max_workers": 0},
+        "gpu": {"resources": {"CPU": 4, "GPU": 1}, "max_workers": 4},
+        "cpu": {"resources": {"CPU": 8}, "max_workers": 4},
+        "unset": {"resources": {"CPU": 1}},  # a type's max_workers defaults to the global one
+    }}
+    # GPU: 4 GPU nodes fit in 5 workers; CPU: the richest 5 workers are the 4 CPU nodes and a GPU node.
+    assert launcher_capacity(config) == {"CPU": 2 + 4 * 8 + 4, "GPU": 4}
 
 
 def test_launcher_capacity_counts_the_head_once_and_skips_types_without_resources():
@@ -101,3 +133,11 @@ def test_the_object_store_budget_follows_the_scorers():
                                               (10**12, MAX_INPUT_BLOCKS)])
 def test_an_input_file_is_read_into_blocks_of_about_rows_per_block(size, blocks):
     assert input_blocks(size) == blocks
+
+
+def test_estimated_rows_are_parquets_own_count_or_a_csv_files_size_per_row(tmp_path):
+    table = pa.table({"image_url": [f"http://127.0.0.1/{i}.jpg" for i in range(1000)], "caption": ["a cat"] * 1000})
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    pacsv.write_csv(table, tmp_path / "pairs.csv")
+    assert estimated_rows(str(tmp_path / "pairs.parquet")) == 1000
+    assert estimated_rows(str(tmp_path / "pairs.csv")) == (tmp_path / "pairs.csv").stat().st_size // INPUT_BYTES_PER_ROW

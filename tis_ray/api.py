@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, JobIdentity
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
 from .loading import load_preprocess_spec
 from .output import check_output_path, write_atomically, write_stats
-from .pipeline import add_scores, read_records, records_from_table, skip_rows
+from .pipeline import add_scores, estimated_rows, read_records, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
 from .records import Record, ScoreResult, input_schema, pick_columns, read_columns
 from .redo import inputs_of, merge, read_previous_output, retryable_rows
@@ -89,8 +89,10 @@ def score_file(
     ds = read_records(input_path, job.schema)
     if checkpoint.rows_done:
         ds = skip_rows(ds, checkpoint.rows_done)
+    rows_left = max(0, estimated_rows(input_path) - checkpoint.rows_done)
+    scored = job.scored(ds, base_dir_of(input_path), rows_left)
     try:
-        for batch in job.scored(ds, base_dir_of(input_path)).iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
             summary.arrived(batch.num_rows)
             checkpoint.add(batch)
     finally:
@@ -130,7 +132,7 @@ def rescore_errors(
     if rows:
         connect(address)
         show_progress(progress)
-        scored = job.scored(records_from_table(inputs_of(previous, rows)), base_dir_of(input_path))
+        scored = job.scored(records_from_table(inputs_of(previous, rows)), base_dir_of(input_path), len(rows))
         rescored = pa.concat_tables([rescored, *scored.iter_batches(batch_format="pyarrow", batch_size=None)],
                                     promote_options="permissive")
     carried = previous.filter(pa.array(np.isin(np.arange(previous.num_rows), rows, invert=True)))
@@ -163,7 +165,8 @@ def score_pairs(
     pipeline = dataclasses.replace(pipeline or PipelineConfig(), with_cosine=True)
     spec = load_preprocess_spec(model)  # a bad model fails here, before Ray starts
     connect(address)
-    scored = _scored(records_from_table(table), "image", "caption", spec, model_cfg, fetch, pipeline, os.getcwd())
+    scored = _scored(records_from_table(table), "image", "caption", spec, model_cfg, fetch, pipeline, os.getcwd(),
+                     len(pairs))
     return _results(scored, pairs)
 
 
@@ -173,7 +176,8 @@ def _results(scored: Dataset, pairs: list[Record]) -> Iterator[ScoreResult]:
         yield ScoreResult(pair.image, pair.caption, row["similarity"], row["cosine"], row["error"])
 
 
-def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir) -> Dataset:
+def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir, rows=None) -> Dataset:
+    """`add_scores` with the defaults filled in; `rows`, where known, sizes the GPU pool."""
     return add_scores(
         ds,
         image_column=image_column,
@@ -183,6 +187,7 @@ def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base
         model=model,
         fetch=fetch or FetchConfig(),
         pipeline=pipeline or PipelineConfig(),
+        rows=rows,
     )
 
 
@@ -219,9 +224,9 @@ class _FileJob:
             "reduced_decode": self.fetch.reduced_decode,
         }
 
-    def scored(self, ds: Dataset, base_dir: str) -> Dataset:
+    def scored(self, ds: Dataset, base_dir: str, rows: int) -> Dataset:
         return _scored(ds, self.image_column, self.caption_column, self.spec, self.model, self.fetch,
-                       self.pipeline, base_dir)
+                       self.pipeline, base_dir, rows)
 
     def output_schema(self) -> pa.Schema:
         fields = list(self.schema)

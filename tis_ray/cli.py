@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decode large JPEGs at full size too (by default they decode at 1/2 to 1/8 scale, "
                             "still at least twice the model's input size)")
     score.add_argument("--fetch-actors", type=_positive_int, help="fetch actors (default: from the cluster's CPUs)")
-    score.add_argument("--scorer-actors", type=_positive_int, help="scorer actors (default: one per GPU, else one)")
+    score.add_argument("--scorer-actors", type=_positive_int,
+                       help="scorer actors (default on GPUs: one per 500,000 input rows, up to the GPUs the "
+                            "cluster can reach and at least the GPUs up; else one)")
     score.add_argument("--with-cosine", action="store_true", help="also write the raw cosine similarity")
     score.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     again = score.add_mutually_exclusive_group()

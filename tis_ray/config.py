@@ -54,5 +54,5 @@ class PipelineConfig:
     batch_size: int = 64  # rows per scorer call
     fetch_batch_size: int = 32  # rows per fetch call
     fetch_actors: int | None = None  # None = sized from the cluster
-    scorer_actors: int | None = None  # None = one per GPU, or one on a CPU-only cluster
+    scorer_actors: int | None = None  # None = from the GPUs and the job's size (`placement`), or one on CPU
     with_cosine: bool = False

@@ -11,6 +11,7 @@ import logging
 import os
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import yaml
 from ray.data import ActorPoolStrategy, Dataset
@@ -36,6 +37,15 @@ MAX_INPUT_BLOCKS = 4096  # past this, a task per block costs more than it saves
 # Where the cluster launcher (`ray up`) leaves the cluster's config on the head node,
 # where `ray job submit` runs the driver.
 LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def estimated_rows(path: str) -> int:
+    """The input file's rows: a Parquet file's own count, or a CSV file's size over `INPUT_BYTES_PER_ROW`."""
+    filesystem, inner = storage.resolve(path)
+    if input_format(path) == "parquet":
+        with filesystem.open_input_file(inner) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    return (filesystem.get_file_info(inner).size or 0) // INPUT_BYTES_PER_ROW
 
 
 def input_blocks(size_bytes: int) -> int:
@@ -67,10 +77,10 @@ def records_from_table(table: pa.Table) -> Dataset:
     return ray.data.from_arrow([table.slice(start, ROWS_PER_BLOCK) for start in starts])
 
 
-def cluster_capacity() -> dict[str, float]:
-    """The resources the cluster can reach: what it has now, or more where the launcher's
+def cluster_capacity(now: dict[str, float]) -> dict[str, float]:
+    """The resources the cluster can reach: what it has `now`, or more where the launcher's
     config on this node or Ray's own autoscaler config says it can scale further."""
-    return reachable_resources(ray.cluster_resources(), _launcher_config_capacity(), _ray_reported_capacity())
+    return reachable_resources(now, _launcher_config_capacity(), _ray_reported_capacity())
 
 
 def _launcher_config_capacity() -> dict[str, float] | None:
@@ -114,13 +124,18 @@ def add_scores(
     model: ModelConfig,
     fetch: FetchConfig,
     pipeline: PipelineConfig,
+    rows: int | None = None,
 ) -> Dataset:
-    """Append ``similarity`` (and ``cosine``), ``error`` and the internal summary columns."""
+    """Append ``similarity`` (and ``cosine``), ``error`` and the internal summary columns.
+
+    `rows`, the job's size where known, decides how many GPUs that are not up yet it asks for.
+    """
     # Each Dataset carries the DataContext copied when it was created (here, at read
     # time), so order is asked for on the dataset itself, not on the current context.
     ds.context.execution_options.preserve_order = True
-    plan = plan_pools(model, pipeline, cluster_capacity())
-    if warning := gpu_wait_message(plan, ray.cluster_resources()):
+    now = ray.cluster_resources()
+    plan = plan_pools(model, pipeline, cluster_capacity(now), up_now=now, rows=rows)
+    if warning := gpu_wait_message(plan, now):
         logging.getLogger(__name__).warning(warning)
     limits = ds.context.execution_options.resource_limits
     if limits.object_store_memory == float("inf"):  # a limit the user set stays
