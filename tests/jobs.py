@@ -59,7 +59,8 @@ def assert_stats_add_up(output: str | Path, input_rows: int) -> dict:
     assert table.num_rows == stats["rows"] == input_rows, (table.num_rows, stats)
     scored = table.num_rows - table.column("similarity").null_count
     assert stats["outcomes"] == {"scored": scored, "error": len(errors)}, stats
-    assert scored + len(errors) == input_rows  # no row both scored and failed, none neither
+    rows = zip(table.column("similarity").to_pylist(), table.column("error").to_pylist())
+    assert all((similarity is None) == bool(error) for similarity, error in rows)  # a score or an error, never both
     assert stats["errors_by_kind"] == dict(Counter(error_kind(e) for e in errors)), stats
     assert stats["output"] == str(Path(output).resolve()) and stats["model"]
     assert (stats["tool"], stats["version"]) == ("tis-ray", tis_ray.__version__), stats

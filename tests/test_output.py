@@ -26,18 +26,22 @@ def test_a_job_that_fails_midway_leaves_no_output_and_no_partial_file(tmp_path, 
     target = tmp_path / name
     seen_while_writing = []
 
-    def batches():
-        yield BATCH
-        yield BATCH
-        # Two batches are in the hidden file by now; nothing is at the target yet.
+    def look():
         partial, = _partials(tmp_path)
-        seen_while_writing.append((target.exists(), partial.stat().st_size > 0))
+        seen_while_writing.append((target.exists(), partial.stat().st_size))
+
+    def batches():
+        for _ in range(3):
+            yield BATCH
+            look()  # the batch just yielded is written by now, into the hidden file only
         raise ScoringFailed
 
     with pytest.raises(ScoringFailed):
         for _ in write_atomically(batches(), str(target), BATCH.schema):
             pass
-    assert seen_while_writing == [(False, True)]
+    assert [exists for exists, _ in seen_while_writing] == [False] * 3
+    sizes = [size for _, size in seen_while_writing]
+    assert sizes[0] < sizes[1] < sizes[2], sizes  # rows stream in as they come, not at the end
     assert not target.exists() and _partials(tmp_path) == []
 
 

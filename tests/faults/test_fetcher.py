@@ -114,7 +114,7 @@ class InFlight:
             self.now -= 1
 
 
-def test_the_default_per_host_cap_is_16_connections_per_host_not_per_job():
+def test_the_default_per_host_cap_gives_each_host_its_own_16_requests_at_once():
     cfg = FetchConfig()
     assert cfg.per_host_limit == 16 and cfg.max_in_flight > 2 * 16  # the documented defaults
     gauges = [InFlight(delayed(0.3, serves(assets.photo()))) for _ in range(2)]
