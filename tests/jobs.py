@@ -51,8 +51,7 @@ def assert_stats_add_up(output: str | Path, input_rows: int) -> dict:
     """
     stats = json.loads(Path(f"{output}.stats.json").read_text())
     if str(output).endswith(".csv"):
-        table = pacsv.read_csv(output, parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                               convert_options=pacsv.ConvertOptions(column_types={"similarity": pa.float64()}))
+        table = read_output(output)
     else:
         table = pq.read_table(output, columns=["similarity", "error"])
     errors = [e for e in table.column("error").to_pylist() if e]
