@@ -167,21 +167,21 @@ def test_v4_embedded_in_v6_is_never_allowed(value):
 
 def test_policy_refuses_with_a_clear_detail():
     with pytest.raises(RowError) as caught:
-        AddressPolicy().check_ip(ip("169.254.169.254"), "metadata.internal")
+        AddressPolicy().check_ip(ip("169.254.169.254"), "metadata.internal", 80)
     assert caught.value.kind == errors.BLOCKED_ADDRESS
     assert caught.value.detail == "metadata.internal resolves to 169.254.169.254, a link-local address"
 
 
 def test_policy_allows_listed_networks_ips_and_names():
     policy = AddressPolicy.from_strings([" 10.0.0.0/8 ", "", "192.168.1.5", "::1/128", "Images.Internal."])
-    policy.check_ip(ip("10.2.3.4"), "anything")
-    policy.check_ip(ip("192.168.1.5"), "anything")
-    policy.check_ip(ip("::1"), "anything")
-    policy.check_ip(ip("127.0.0.1"), "IMAGES.internal")  # names: case and trailing dot ignored
-    policy.check_ip(ip("8.8.8.8"), "anything")
+    policy.check_ip(ip("10.2.3.4"), "anything", 80)
+    policy.check_ip(ip("192.168.1.5"), "anything", 443)
+    policy.check_ip(ip("::1"), "anything", 80)
+    policy.check_ip(ip("127.0.0.1"), "IMAGES.internal", 80)  # names: case and trailing dot ignored
+    policy.check_ip(ip("8.8.8.8"), "anything", 80)
     for address, host in [("192.168.1.6", "x"), ("127.0.0.1", "other.internal"), ("::ffff:10.0.0.1", "x")]:
         with pytest.raises(RowError):
-            policy.check_ip(ip(address), host)
+            policy.check_ip(ip(address), host, 80)
 
 
 BAD_ENTRIES = ["not a host", "10.0.0.0/33", "127.1", "0x7f.0.0.1", "http://x.test", "a..b", "-x.test"]
@@ -319,10 +319,11 @@ def hop_server():
 
 def fetch(url: str, allow: tuple[str, ...] = (), names: dict[str, list[str]] | None = None,
           with_url_check: bool = True) -> bytes | RowError:
-    """One fetch through the guarded parts; names resolve only through a `StubResolver`."""
+    """One fetch through the guarded parts, any port allowed (the port policy has tests of its own);
+    names resolve only through a `StubResolver`."""
 
     async def go():
-        check, connector = guarded_fetcher_parts(AddressPolicy(allow), FAST, StubResolver(names))
+        check, connector = guarded_fetcher_parts(AddressPolicy(allow, ports=None), FAST, StubResolver(names))
         fetcher = ImageFetcher(FAST, url_check=check if with_url_check else None, connector=connector)
         try:
             return await fetcher.fetch(ImageSource("http", url))
@@ -398,14 +399,14 @@ def test_odd_spellings_of_loopback_are_refused_without_connecting(loopback, spel
 
 def test_allowlist_only_refuses_public_addresses_and_unlisted_names_without_lookup():
     policy = AddressPolicy.from_strings(["127.0.0.0/8", "images.internal"], allowlist_only=True)
-    policy.check_ip(ipaddress.ip_address("127.0.0.1"), "127.0.0.1")
-    policy.check_host_name("images.internal")
+    policy.check_ip(ipaddress.ip_address("127.0.0.1"), "127.0.0.1", 80)
+    policy.check_host_name("images.internal", 80)
     with pytest.raises(RowError, match="not on the allowlist") as refused:
-        policy.check_ip(ipaddress.ip_address("8.8.8.8"), "8.8.8.8")
+        policy.check_ip(ipaddress.ip_address("8.8.8.8"), "8.8.8.8", 80)
     assert refused.value.kind == errors.BLOCKED_ADDRESS
     with pytest.raises(RowError, match="not on the allowlist"):
-        policy.check_host_name("example.com")
-    AddressPolicy.from_strings(["127.0.0.0/8"]).check_host_name("example.com")  # default mode: left to the resolver
+        policy.check_host_name("example.com", 80)
+    AddressPolicy.from_strings(["127.0.0.0/8"]).check_host_name("example.com", 80)  # default mode: left to the resolver
 
     seen: list[str] = []
 

@@ -221,7 +221,7 @@ class _FileJob:
             "with_cosine": self.pipeline.with_cosine, "timeout_s": self.fetch.timeout_s,
             "retries": self.fetch.retries, "max_bytes": self.fetch.max_bytes,
             "max_redirects": self.fetch.max_redirects, "max_pixels": self.fetch.max_pixels,
-            "reduced_decode": self.fetch.reduced_decode,
+            "reduced_decode": self.fetch.reduced_decode, "honor_opt_out": self.fetch.honor_opt_out,
         }
 
     def scored(self, ds: Dataset, base_dir: str, rows: int) -> Dataset:

@@ -11,6 +11,7 @@ from .config import (
     DEFAULT_MODEL,
     SERVE_BATCH_WAIT_MS,
     SERVE_MAX_BATCH_SIZE,
+    SERVE_MAX_PIXELS,
     FetchConfig,
     ModelConfig,
     PipelineConfig,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scorer actors (default on GPUs: one per 500,000 input rows, up to the GPUs the "
                             "cluster can reach and at least the GPUs up; else one)")
     score.add_argument("--with-cosine", action="store_true", help="also write the raw cosine similarity")
+    _add_politeness_arguments(score)
     score.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     again = score.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -75,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "private or loopback (by default only public addresses are fetched)")
     serve.add_argument("--allowlist-only", action="store_true",
                        help="fetch only from --allow-hosts, public addresses included (no other lookups)")
+    serve.add_argument("--allow-ports", nargs="*", type=_port, default=[], metavar="PORT",
+                       help="ports to fetch from besides 80 and 443 (an --allow-hosts entry may also name "
+                            "its own port: HOST:PORT)")
+    serve.add_argument("--allow-wide-networks", action="store_true",
+                       help="let --allow-hosts name networks wider than /8 (IPv4) or /32 (IPv6)")
+    serve.add_argument("--max-pixels", type=_positive_int, default=SERVE_MAX_PIXELS,
+                       help=f"largest image, in pixels, the service decodes (default: {SERVE_MAX_PIXELS:,})")
+    _add_politeness_arguments(serve)
     serve.add_argument("--max-batch-size", type=_positive_int, default=SERVE_MAX_BATCH_SIZE,
                        help="pairs per model call, across requests")
     serve.add_argument("--batch-wait-ms", type=float, default=SERVE_BATCH_WAIT_MS, help="longest wait to fill a batch")
@@ -89,6 +99,21 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16, else float32")
+
+
+def _add_politeness_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ignore-opt-out", action="store_true",
+                        help="fetch images whose host sends X-Robots-Tag noai, noimageai, noindex, noimageindex "
+                             "or none (only with the site owner's permission)")
+    parser.add_argument("--user-agent", default=FetchConfig.user_agent,
+                        help=f"User-Agent sent with every request (default: {FetchConfig.user_agent})")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -107,7 +132,8 @@ def run_score(args: argparse.Namespace) -> int:
         caption_column=args.caption_column,
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
         fetch=FetchConfig(max_in_flight=args.fetch_concurrency, timeout_s=args.timeout, retries=args.retries,
-                          reduced_decode=not args.full_decode),
+                          reduced_decode=not args.full_decode, user_agent=args.user_agent,
+                          honor_opt_out=not args.ignore_opt_out),
         pipeline=PipelineConfig(batch_size=args.batch_size, fetch_actors=args.fetch_actors,
                                 scorer_actors=args.scorer_actors, with_cosine=args.with_cosine),
         address=args.address,
@@ -136,13 +162,20 @@ def run_score(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from .api import connect
     from .loading import load_preprocess_spec
-    from .serve import run_foreground
+    from .serve import run_foreground, service_options
 
+    app_args = {"model": args.model, "device": args.device, "dtype": args.dtype, "allow_hosts": args.allow_hosts,
+                "allowlist_only": args.allowlist_only, "allow_ports": args.allow_ports,
+                "allow_wide_networks": args.allow_wide_networks, "max_pixels": args.max_pixels,
+                "ignore_opt_out": args.ignore_opt_out, "user_agent": args.user_agent}
+    try:
+        service_options(app_args)  # a bad allowlist is one clear line, before Serve starts
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     load_preprocess_spec(args.model)  # a bad model is one clear line, before Serve starts
     connect(args.address)
     run_foreground(
-        {"model": args.model, "device": args.device, "dtype": args.dtype, "allow_hosts": args.allow_hosts,
-         "allowlist_only": args.allowlist_only},
-        host=args.host, port=args.port, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+        app_args, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
     )
     return 0

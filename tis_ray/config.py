@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from . import __version__
+
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+PROJECT_URL = "https://github.com/tis-ray/tis-ray"
+# Who is asking, and where to read about it: what site owners look for in their logs.
+DEFAULT_USER_AGENT = f"tis-ray/{__version__} (+{PROJECT_URL})"
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -18,6 +23,9 @@ SERVE_BATCH_WAIT_MS = 10.0
 # those; one more is answered 503 at once instead of queueing without bound.
 SERVE_MAX_ONGOING_REQUESTS = 64
 SERVE_MAX_QUEUED_REQUESTS = 256
+# The service's own pixel cap, below Pillow's 89.5 M: a 224-384 px model gains nothing from
+# more, and each decode in flight holds 3-4 bytes a pixel (see docs/reliability.md, Security).
+SERVE_MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,8 @@ class FetchConfig:
     max_redirects: int = 5
     max_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
     reduced_decode: bool = True  # decode large JPEGs at 1/2..1/8 scale, still 2x the model's input
-    user_agent: str = "tis-ray"
+    user_agent: str = DEFAULT_USER_AGENT
+    honor_opt_out: bool = True  # X-Robots-Tag noai and kin make a row `opted_out` (see optout.py)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 EMPTY_CAPTION = "empty_caption"
 MISSING_IMAGE = "missing_image"
 BLOCKED_ADDRESS = "blocked_address"
+OPTED_OUT = "opted_out"  # the image's host said no AI use (X-Robots-Tag: noai, ...); see optout.py
 INTERNAL_ERROR = "internal_error"  # a bug in tis-ray or a library; the row is kept and reported
 
 

@@ -18,14 +18,18 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timezone
 
+import socket
+
 import aiohttp
 import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from . import errors, storage
 from .config import FetchConfig
 from .errors import RowError
 from .hosts import HostBackoff, HostSlots, host_key
-from .sources import HTTP_SCHEMES, ImageSource
+from .optout import opt_out_directive
+from .sources import HTTP_SCHEMES, ImageSource, parse_http_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
@@ -33,9 +37,33 @@ CHUNK_BYTES = 64 * 1024
 UrlCheck = Callable[[yarl.URL], Awaitable[None]]
 
 
+class AnsweringResolver(AbstractResolver):
+    """`inner` (aiohttp's threaded resolver by default), with an empty answer made a DNS failure.
+
+    aiohttp 3.14 asserts that a lookup found at least one address (an AssertionError,
+    which would surface as internal_error); its own resolver returns none when every
+    answer is an IPv6 address the machine cannot use. A failed lookup is a connection_error.
+    """
+
+    def __init__(self, inner: AbstractResolver | None = None):
+        self.inner = inner or aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        infos = await self.inner.resolve(host, port, family)
+        if not infos:
+            raise OSError(f"{host} resolves to no address")
+        return infos
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 def open_session(cfg: FetchConfig, connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:
     """One session per actor; its connector pools connections (per-host caps are `HostSlots`')."""
-    connector = connector or aiohttp.TCPConnector(limit=cfg.max_in_flight, limit_per_host=0)
+    connector = connector or aiohttp.TCPConnector(limit=cfg.max_in_flight, limit_per_host=0,
+                                                  resolver=AnsweringResolver())
     return aiohttp.ClientSession(
         connector=connector,
         headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.8"},
@@ -148,6 +176,9 @@ async def _follow_redirects(
                     url = _redirect_target(url, resp.headers["Location"])
                     continue
                 if 200 <= resp.status < 300:
+                    directive = cfg.honor_opt_out and opt_out_directive(resp.headers.getall("X-Robots-Tag", ()))
+                    if directive:  # decided from the headers: the body is never read
+                        raise RowError(errors.OPTED_OUT, f"X-Robots-Tag: {directive}")
                     return await _read_capped(resp, cfg.max_bytes)
                 error = RowError(errors.http_kind(resp.status), resp.reason or "HTTP error")
                 if resp.status == 429:
@@ -166,8 +197,8 @@ async def _follow_redirects(
 
 def _redirect_target(current: yarl.URL, location: str) -> yarl.URL:
     try:
-        target = current.join(yarl.URL(location))
-    except ValueError as exc:
+        target = current.join(parse_http_url(location))
+    except (RowError, ValueError) as exc:
         raise RowError(errors.INVALID_URL, f"bad redirect Location {location!r}: {exc}") from None
     if target.scheme not in HTTP_SCHEMES:
         raise RowError(errors.UNSUPPORTED_SCHEME, f"redirect to a {target.scheme or 'relative'!r} URL")

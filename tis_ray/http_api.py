@@ -12,6 +12,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
 
+from . import errors
+from .config import FetchConfig
+from .errors import RowError
+
 MAX_CAPTION_CHARS = 10_000
 
 
@@ -76,6 +80,35 @@ class ScoreResponse(BaseModel):
     results: list[PairResult]
 
 
+# What a caller is told about a failed pair: its kind and one of these fixed details, filled
+# only with the service's own limits. A row error's own detail can hold what the fetch saw
+# behind the service (an upstream reason phrase, a banner, an internal address); it is logged.
+_PUBLIC_DETAILS = {
+    errors.INVALID_URL: "the URL, or a redirect's Location, is not a valid http(s) URL",
+    errors.UNSUPPORTED_SCHEME: "only http and https URLs are fetched",
+    errors.BLOCKED_ADDRESS: "the service does not fetch from this host or port "
+                            "(internal addresses, ports other than the allowed ones, hosts off the allowlist)",
+    errors.TIMEOUT: "no complete image within {cfg.timeout_s:g}s",
+    errors.CONNECTION_ERROR: "the connection failed, or the reply was not valid HTTP",
+    errors.TOO_MANY_REDIRECTS: "more than {cfg.max_redirects} redirects",
+    errors.TOO_LARGE: "the image is over {cfg.max_bytes} bytes",
+    errors.DECODE_ERROR: "not a supported image (JPEG, PNG, GIF, WebP, BMP, TIFF), or a corrupt one",
+    errors.DECOMPRESSION_BOMB: "the image is over the limit of {cfg.max_pixels} pixels",
+    errors.EMPTY_CAPTION: "the caption is missing or only white space",
+    errors.MISSING_IMAGE: "the image is missing",
+    errors.OPTED_OUT: "the image's host opts out of AI use (X-Robots-Tag)",
+    errors.INTERNAL_ERROR: "an internal error; it is in the service's log",
+}
+
+
+def public_error_text(error: RowError, cfg: FetchConfig) -> str:
+    """``"<kind>: <detail>"`` with a detail that says nothing about what is behind the service."""
+    if error.kind.startswith("http_"):
+        return f"{error.kind}: the image host answered HTTP {error.kind[5:]}"
+    detail = _PUBLIC_DETAILS.get(error.kind, _PUBLIC_DETAILS[errors.INTERNAL_ERROR])
+    return f"{error.kind}: {detail.format(cfg=cfg)}"
+
+
 class ModelInfo(BaseModel):
     model: str
     device: str
@@ -84,5 +117,6 @@ class ModelInfo(BaseModel):
     max_body_bytes: int
     max_caption_chars: int
     max_image_bytes: int
+    max_pixels: int
     max_batch_size: int
     batch_wait_ms: float

@@ -6,7 +6,14 @@ a resolver. `GuardedResolver` sits in the connector and judges every address a
 host name resolves to; aiohttp connects only to addresses it returned, so the
 address checked is the address connected to (no DNS-rebinding window).
 Nothing here is an allowlist of the outside world: only globally routable
-unicast passes, unless `AddressPolicy.allow` names the host or its network.
+unicast passes, unless `AddressPolicy.allow` names the host or its network, and
+only on the ports the policy allows (80 and 443 unless widened).
+
+Fail closed: a host that aiohttp would connect to as an IP literal (any host with
+a ``:``, or digits and dots only) must read as exactly one address here, or the
+URL is refused. aiohttp hands such hosts to the socket layer unresolved, so a
+spelling this module could not read (``[::1%25]``: an empty zone id) would reach
+whatever the C library makes of it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from .config import FetchConfig
 from .errors import BLOCKED_ADDRESS, INVALID_URL, UNSUPPORTED_SCHEME, RowError
-from .fetch import UrlCheck
+from .fetch import AnsweringResolver, UrlCheck
 from .sources import HTTP_SCHEMES
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -143,6 +150,28 @@ def _parse_ipv4(host: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(value)
 
 
+def literal_address(host: str) -> IPAddress | None:
+    """The one address `host` (a URL's raw host) denotes if it is an IP literal; None for a host name.
+
+    Fail closed: a host that aiohttp would connect to unresolved (one with a ``:``, or
+    only digits and dots) and that does not read here as exactly one address is refused,
+    as is any other host with a percent sign (no DNS name has one). Zone ids are refused
+    outright rather than cut: a zone names an interface of this machine, and no image a
+    caller may ask for lives behind one.
+    """
+    if ":" in host:
+        if "%" in host:
+            raise RowError(BLOCKED_ADDRESS, f"{host} has an IPv6 zone id; zone ids are not fetched")
+        try:
+            return ipaddress.IPv6Address(host)
+        except ValueError:
+            raise RowError(INVALID_URL, f"{host!r} is not an IPv6 address") from None
+    ip = parse_ip_host(host)
+    if ip is None and ("%" in host or host.replace(".", "").isdigit()):
+        raise RowError(INVALID_URL, f"{host!r} is neither a host name nor an IP address")
+    return ip
+
+
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -152,51 +181,142 @@ def _is_host_name(entry: str) -> bool:
     return all(_LABEL.fullmatch(label) for label in labels) and parse_ip_host(entry) is None
 
 
+def is_localhost_name(host: str) -> bool:
+    """``localhost`` and every name under ``.localhost`` (RFC 6761: they always mean this machine)."""
+    key = _name_key(host)
+    return key == "localhost" or key.endswith(".localhost")
+
+
+# The service fetches these ports unless told otherwise: the web's own. Any other port on a
+# public address may be SSH, SMTP, Redis or memcached, which a scoring service has no reason to reach.
+DEFAULT_PORTS = (80, 443)
+# Widest networks an allowlist entry may name without `allow_wide_networks`: a /8 is already
+# 16 million IPv4 addresses, and "10.0.0.1/0" (host bits set, prefix 0) would silently open everything.
+WIDEST_PREFIX = {4: 8, 6: 32}
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    """One allowlist entry: a host name or an IP network, on one port or on the policy's ports (None)."""
+
+    name: str | None
+    network: IPNetwork | None
+    port: int | None
+
+    @classmethod
+    def parse(cls, entry: str, allow_wide_networks: bool = False) -> AllowEntry:
+        """``host``, ``host:port``, ``IP``, ``IP:port``, ``[IPv6]:port`` or a CIDR network; ValueError if not."""
+        host, port = _split_port(entry)
+        if "/" in host:
+            return cls(None, _strict_network(entry, host, allow_wide_networks), port)
+        try:
+            return cls(None, ipaddress.ip_network(host), port)
+        except ValueError:
+            pass
+        if not _is_host_name(host):
+            raise ValueError(
+                f"allowlist entry {entry!r} is not a host name, a plain IP address or a CIDR network"
+            )
+        return cls(_name_key(host), None, port)
+
+    def matches(self, host: str, ip: IPAddress | None = None) -> bool:
+        if self.name is not None:
+            return _name_key(host) == self.name
+        return ip is not None and ip.version == self.network.version and ip in self.network
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"allowlist entry {entry!r} is not [IPv6] or [IPv6]:port")
+        return host, _port(entry, rest[1:]) if rest else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, _port(entry, port)
+    return entry, None
+
+
+def _port(entry: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"allowlist entry {entry!r} has a port that is not 1-65535")
+    return int(text)
+
+
+def _strict_network(entry: str, text: str, allow_wide: bool) -> IPNetwork:
+    try:
+        network = ipaddress.ip_network(text)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            suggestion = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"allowlist entry {entry!r} has host bits set (the network is {suggestion})") from None
+        raise ValueError(f"allowlist entry {entry!r} is not a CIDR network: {exc}") from None
+    widest = WIDEST_PREFIX[network.version]
+    if network.prefixlen < widest and not allow_wide:
+        raise ValueError(
+            f"allowlist entry {entry!r} is wider than /{widest}; pass --allow-wide-networks if you mean it"
+        )
+    return network
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
-    """Which internal destinations are allowed anyway: host names, IPs or CIDR networks.
+    """Which destinations the service may fetch: public addresses on `ports`, plus the allowlist.
 
-    A name entry allows whatever that name resolves to, but only when the URL says that
-    name; an IP or network entry allows those addresses under any name.
+    An entry allows a host name, an IP or a CIDR network that is internal, on `ports`,
+    or on the one port it names (``images.internal:8080``). A name entry allows whatever
+    that name resolves to, but only when the URL says that name; an IP or network entry
+    allows those addresses under any name. `ports` None: any port (no port policy).
     """
 
     allow: tuple[str, ...] = ()
     allowlist_only: bool = False  # refuse everything not on the allowlist, public addresses too
-    _names: frozenset[str] = field(init=False, repr=False, compare=False)
-    _networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
+    ports: tuple[int, ...] | None = DEFAULT_PORTS
+    allow_wide_networks: bool = False  # let an entry name a network wider than WIDEST_PREFIX
+    _entries: tuple[AllowEntry, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        names, networks = set(), []
-        for entry in self.allow:
-            try:
-                networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                if not _is_host_name(entry):
-                    raise ValueError(
-                        f"allowlist entry {entry!r} is not a host name, a plain IP address or a CIDR network"
-                    ) from None
-                names.add(_name_key(entry))
-        object.__setattr__(self, "_names", frozenset(names))
-        object.__setattr__(self, "_networks", tuple(networks))
+        entries = tuple(AllowEntry.parse(entry, self.allow_wide_networks) for entry in self.allow)
+        object.__setattr__(self, "_entries", entries)
 
     @classmethod
-    def from_strings(cls, entries: Iterable[str], allowlist_only: bool = False) -> AddressPolicy:
+    def from_strings(cls, entries: Iterable[str], allowlist_only: bool = False,
+                     ports: Iterable[int] | None = DEFAULT_PORTS, allow_wide_networks: bool = False) -> AddressPolicy:
         """From config or CLI values: entries are stripped, blank ones dropped."""
-        return cls(tuple(e.strip() for e in entries if e.strip()), allowlist_only)
+        return cls(tuple(e.strip() for e in entries if e.strip()), allowlist_only,
+                   None if ports is None else tuple(sorted(set(ports))), allow_wide_networks)
 
-    def check_host_name(self, host: str) -> None:
-        """In allowlist-only mode, refuse a name not on the list before it is even looked up."""
-        if self.allowlist_only and _name_key(host) not in self._names:
+    def _allowed_by_entry(self, host: str, port: int, ip: IPAddress | None = None) -> bool:
+        return any(
+            entry.matches(host, ip) and (entry.port == port if entry.port is not None else self._port_open(port))
+            for entry in self._entries
+        )
+
+    def _port_open(self, port: int) -> bool:
+        return self.ports is None or port in self.ports
+
+    def _refuse_port(self, host: str, port: int) -> None:
+        allowed = ", ".join(map(str, self.ports or ()))
+        raise RowError(BLOCKED_ADDRESS, f"{host}: port {port} is not fetched (allowed: {allowed})")
+
+    def check_host_name(self, host: str, port: int) -> None:
+        """Refuse, before any lookup, a name that nothing on the allowlist could let through."""
+        listed = any(entry.name == _name_key(host) for entry in self._entries)
+        if self.allowlist_only and not listed:
             raise RowError(BLOCKED_ADDRESS, f"{host} is not on the allowlist")
+        if is_localhost_name(host) and not listed:
+            raise RowError(BLOCKED_ADDRESS, f"{host} is a localhost name")
+        if not self._port_open(port) and not any(entry.port == port for entry in self._entries):
+            self._refuse_port(host, port)
 
-    def check_ip(self, ip: IPAddress, host: str) -> None:
-        """Raise `RowError` (blocked_address) unless `host` may connect to `ip`."""
-        if _name_key(host) in self._names:
-            return
-        if any(ip.version == net.version and ip in net for net in self._networks):
+    def check_ip(self, ip: IPAddress, host: str, port: int) -> None:
+        """Raise `RowError` (blocked_address) unless `host` may connect to `ip` on `port`."""
+        if self._allowed_by_entry(host, port, ip):
             return
         if self.allowlist_only:
             raise RowError(BLOCKED_ADDRESS, f"{host} ({ip}) is not on the allowlist")
+        if not self._port_open(port):
+            self._refuse_port(host, port)
         reason = blocked_reason(ip)
         if reason is not None:
             raise RowError(BLOCKED_ADDRESS, f"{host} resolves to {ip}, a {reason} address")
@@ -217,7 +337,7 @@ class GuardedResolver(AbstractResolver):
 
     def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None):
         self.policy = policy
-        self.inner = inner or aiohttp.ThreadedResolver()
+        self.inner = AnsweringResolver(inner)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -229,7 +349,7 @@ class GuardedResolver(AbstractResolver):
             except ValueError:
                 detail = f"{host} resolves to {info['host']!r}, not an IP address"
                 raise RowError(BLOCKED_ADDRESS, detail) from None
-            self.policy.check_ip(ip, host)
+            self.policy.check_ip(ip, host, port)
         return infos
 
     async def close(self) -> None:
@@ -237,9 +357,11 @@ class GuardedResolver(AbstractResolver):
 
 
 def make_url_check(policy: AddressPolicy) -> UrlCheck:
-    """`ImageFetcher`'s url_check: http(s) only, and IP-address hosts judged by `policy`.
+    """`ImageFetcher`'s url_check: http(s) only, IP-literal hosts and ports judged by `policy`.
 
-    Host names are left to `GuardedResolver`, which sees what they resolve to.
+    Host names are left to `GuardedResolver`, which sees what they resolve to, except
+    those no resolution could make acceptable (localhost names, unlisted names in
+    allowlist-only mode, ports nothing allows): those are refused without a lookup.
     """
 
     async def url_check(url: yarl.URL) -> None:
@@ -248,11 +370,11 @@ def make_url_check(policy: AddressPolicy) -> UrlCheck:
         host = url.raw_host
         if not host:
             raise RowError(INVALID_URL, f"{url} has no host")
-        ip = parse_ip_host(host)
+        ip = literal_address(host)
         if ip is None:
-            policy.check_host_name(host)
+            policy.check_host_name(host, url.port)
         else:
-            policy.check_ip(ip, host)
+            policy.check_ip(ip, host, url.port)
 
     return url_check
 

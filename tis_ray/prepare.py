@@ -13,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import errors
 from .config import FetchConfig
 from .decode import decode_image
+from .errors import RowError
 from .fetch import ImageFetcher
 from .preprocess import PreprocessSpec, min_decode_side, resize_and_crop
 from .sources import ImageSource
@@ -50,6 +52,9 @@ class ImagePreparer:
         return await self.from_bytes(await self.fetcher.fetch(source))
 
     async def from_bytes(self, data: bytes) -> np.ndarray:
+        """Bytes fetched or given inline (the service's ``image_base64``), held to the same byte cap."""
+        if len(data) > self.fetch.max_bytes:
+            raise RowError(errors.TOO_LARGE, f"the image is {len(data)} bytes, over {self.fetch.max_bytes}")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.decoder, bytes_to_pixels, data, self.spec, self.fetch.max_pixels, self.fetch.reduced_decode

@@ -30,14 +30,23 @@ from .config import (
     SERVE_BATCH_WAIT_MS,
     SERVE_MAX_BATCH_SIZE,
     SERVE_MAX_ONGOING_REQUESTS,
+    SERVE_MAX_PIXELS,
     SERVE_MAX_QUEUED_REQUESTS,
     FetchConfig,
     ModelConfig,
 )
 from .errors import RowError
 from .fetch import ImageFetcher
-from .http_api import MAX_CAPTION_CHARS, ModelInfo, Pair, PairResult, ScoreRequest, ScoreResponse
-from .netguard import AddressPolicy, guarded_fetcher_parts
+from .http_api import (
+    MAX_CAPTION_CHARS,
+    ModelInfo,
+    Pair,
+    PairResult,
+    ScoreRequest,
+    ScoreResponse,
+    public_error_text,
+)
+from .netguard import DEFAULT_PORTS, AddressPolicy, guarded_fetcher_parts
 from .prepare import ImagePreparer
 from .records import check_caption
 from .scorer import ClipScorer
@@ -104,8 +113,7 @@ class ScoringService:
         model: str,
         device: str = "auto",
         dtype: str = "auto",
-        allow_hosts: tuple[str, ...] = (),
-        allowlist_only: bool = False,
+        policy: AddressPolicy | None = None,
         api_key: str | None = None,
         fetch: FetchConfig | None = None,
         limits: ServiceLimits | None = None,
@@ -116,7 +124,7 @@ class ScoringService:
         # `app` here is the replica's own copy (Serve pickles the ingress class by value).
         app.openapi_schema = None
         app.openapi = functools.partial(_openapi, app, self.limits.max_pairs)
-        policy = AddressPolicy.from_strings(allow_hosts, allowlist_only)
+        policy = policy or AddressPolicy()
         self.preparer = ImagePreparer(
             self.fetch,
             self.scorer.preprocess,
@@ -161,6 +169,7 @@ class ScoringService:
             max_body_bytes=self.limits.max_body_bytes,
             max_caption_chars=MAX_CAPTION_CHARS,
             max_image_bytes=self.fetch.max_bytes,
+            max_pixels=self.fetch.max_pixels,
             max_batch_size=int(self.batch_settings["max_batch_size"]),
             batch_wait_ms=float(self.batch_settings["batch_wait_ms"]),
         )
@@ -171,6 +180,7 @@ class ScoringService:
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}}},
             "responses": {"401": {"description": "API key missing or wrong"}, "413": {"description": "body too large"},
+                          "415": {"description": "the body is not sent as application/json"},
                           "422": {"description": "malformed request; `detail` names the field"}},
         },
     )
@@ -179,6 +189,7 @@ class ScoringService:
         started = time.monotonic()
         try:
             self._check_api_key(request)
+            _check_content_type(request)
             body = await self._read_body(request)
             pairs = self._parse(body)
         except RequestRejected as rejected:
@@ -234,7 +245,10 @@ class ScoringService:
         except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
             error = exc if isinstance(exc, RowError) else RowError.internal(exc)
             self.pair_errors.inc(tags={"kind": error.kind})
-            return PairResult(error=str(error))
+            # The caller gets the kind and a fixed-vocabulary detail; what the fetch saw of the
+            # inside (reason phrases, banners, resolved addresses) goes only to the replica's log.
+            logger.info("pair failed: %s", error)
+            return PairResult(error=public_error_text(error, self.fetch))
         self.pairs_scored.inc()
         return PairResult(similarity=float(similarity_from_cosine(np.float32(cosine))), cosine=float(cosine))
 
@@ -254,7 +268,18 @@ class ScoringService:
         return [float(c) for c in result.cosine]
 
 
-APP_ARGS = ("model", "device", "dtype", "allow_hosts", "allowlist_only", "max_pairs", "max_body_bytes", "timeout_s", "max_image_bytes")
+def _check_content_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestRejected.at(
+            415, ["header", "Content-Type"], f"send the body as application/json, not {media_type or 'no type'}",
+            "unsupported_media_type",
+        )
+
+
+APP_ARGS = ("model", "device", "dtype", "allow_hosts", "allowlist_only", "allow_ports", "allow_wide_networks",
+            "max_pairs", "max_body_bytes", "timeout_s", "max_image_bytes", "max_pixels", "ignore_opt_out",
+            "user_agent")
 
 
 def service_options(args: dict) -> dict:
@@ -267,11 +292,18 @@ def service_options(args: dict) -> dict:
         model=args.get("model", ModelConfig().model),
         device=args.get("device", "auto"),
         dtype=args.get("dtype", "auto"),
-        allow_hosts=tuple(args.get("allow_hosts") or ()),
-        allowlist_only=bool(args.get("allowlist_only", False)),
+        # Built here, where a bad entry is one clear error before any replica starts.
+        policy=AddressPolicy.from_strings(
+            args.get("allow_hosts") or (), bool(args.get("allowlist_only", False)),
+            ports=(*DEFAULT_PORTS, *(int(p) for p in args.get("allow_ports") or ())),
+            allow_wide_networks=bool(args.get("allow_wide_networks", False)),
+        ),
         api_key=os.environ.get("TIS_API_KEY") or None,
         fetch=FetchConfig(timeout_s=float(args.get("timeout_s", fetch.timeout_s)),
-                          max_bytes=int(args.get("max_image_bytes", fetch.max_bytes))),
+                          max_bytes=int(args.get("max_image_bytes", fetch.max_bytes)),
+                          max_pixels=int(args.get("max_pixels", SERVE_MAX_PIXELS)),
+                          honor_opt_out=not args.get("ignore_opt_out", False),
+                          user_agent=str(args.get("user_agent") or fetch.user_agent)),
         limits=ServiceLimits(max_pairs=int(args.get("max_pairs", limits.max_pairs)),
                              max_body_bytes=int(args.get("max_body_bytes", limits.max_body_bytes))),
     )

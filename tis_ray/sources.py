@@ -52,19 +52,32 @@ def classify_image_ref(value: object, base_dir: str) -> ImageSource:
     raise RowError(UNSUPPORTED_SCHEME, f"'{scheme}' URLs are not supported (use http, https, file, s3, gs or a path)")
 
 
-def _checked_http_url(ref: str) -> str:
-    # yarl refuses what it cannot parse with ValueError, but a few hostile shapes make
-    # it fail otherwise ('http://[]@' raises IndexError in yarl 1.25); every one of
-    # them is the URL's fault, so every one is invalid_url, not a crash.
+def parse_http_url(text: str) -> yarl.URL:
+    """`text` (absolute or relative) as a yarl URL, or `RowError` (invalid_url).
+
+    Refuses what yarl would silently rewrite: a bracketed host that is not an IPv6
+    literal (an IPvFuture ``[v1.x]`` comes out of yarl as the bare name ``v1.x``).
+    yarl refuses what it cannot parse with ValueError, but a few hostile shapes make
+    it fail otherwise ('http://[]@' raises IndexError in yarl 1.25); every one of
+    them is the URL's fault, so every one is invalid_url, not a crash.
+    """
     try:
-        url = yarl.URL(ref)
-        host, port = url.host, url.port
+        url = yarl.URL(text)
+        host, port = url.raw_host, url.port
+        bracketed = urlsplit(text).netloc.rpartition("@")[2].startswith("[")
     except Exception as exc:  # noqa: BLE001 - see above
-        raise RowError(INVALID_URL, f"{ref!r}: {exc or type(exc).__name__}") from None
+        raise RowError(INVALID_URL, f"{text!r}: {exc or type(exc).__name__}") from None
+    if bracketed and ":" not in (host or ""):
+        raise RowError(INVALID_URL, f"{text!r}: a bracketed host must be an IPv6 address")
+    if port is not None and not 0 < port < 65536:
+        raise RowError(INVALID_URL, f"{text!r} has an invalid port")
+    return url
+
+
+def _checked_http_url(ref: str) -> str:
+    host = parse_http_url(ref).host
     if not host:
         raise RowError(INVALID_URL, f"{ref!r} has no host")
-    if port is not None and not 0 < port < 65536:
-        raise RowError(INVALID_URL, f"{ref!r} has an invalid port")
     if any(c.isspace() for c in host):
         raise RowError(INVALID_URL, f"{ref!r} has white space in its host")
     return ref
