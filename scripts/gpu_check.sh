@@ -12,5 +12,4 @@ PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import tis_ray" 2>/dev/null; then
   "$PYTHON" -m pip install -q -e .
 fi
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 exec "$PYTHON" scripts/gpu_check.py "$@"

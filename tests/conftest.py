@@ -4,6 +4,7 @@ real HTTP server on 127.0.0.1 with failure modes, and one local Ray per session.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +24,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "examples" / "images"
+
+# Ray's default for local clusters is token authentication. The suite keeps it on for every
+# Ray it starts and shares one token the way a user shares it with each shell and node
+# (README, "On a Ray cluster"): RAY_AUTH_MODE=token, so that clients such as `ray job submit`
+# send it too (Ray 2.60's clients only send it in token mode), and RAY_AUTH_TOKEN.
+os.environ["RAY_AUTH_MODE"] = "token"
+RAY_TOKEN = os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+
+
+def ray_token_header() -> dict[str, str]:
+    """What an HTTP client of the dashboard (Jobs API, Serve's REST API) must send."""
+    return {"Authorization": f"Bearer {RAY_TOKEN}"}
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina")
 
 
@@ -219,7 +232,7 @@ def loopback_ray_env(**extra) -> dict:
     this is a single-machine cluster; that flag keeps every Ray connection on loopback.
     """
     bin_dir = os.path.dirname(sys.executable)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
 
 
@@ -240,7 +253,6 @@ def local_ray(ray_metrics_port):
     """One real local Ray for the whole session (2 CPUs, like the CI machine)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              _metrics_export_port=ray_metrics_port,
              _node_ip_address="127.0.0.1")
@@ -275,7 +287,8 @@ def ray_head(tmp_path_factory):
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=5):
+                probe = urllib.request.Request(f"{address}/api/version", headers=ray_token_header())
+                with urllib.request.urlopen(probe, timeout=5):
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if process.poll() is not None or time.monotonic() > deadline:

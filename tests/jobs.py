@@ -21,7 +21,7 @@ from tis_ray.errors import error_kind
 
 
 def run_cli(*args, env=None, timeout=600):
-    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tis_ray", *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -28,3 +28,33 @@ def test_ray_job_submit_scores_a_file_on_the_cluster(ray_head, tiny_model, image
     assert f"rows: {len(rows)}" in job.stdout and f"model: {tiny_model} on cpu/float32" in job.stdout
     check_scored(read_scored_csv(out), rows, tiny_model, photos)
     assert_stats_add_up(out, len(rows))
+
+
+def test_the_head_refuses_clients_without_its_token(ray_head, tmp_path):
+    """Ray's token authentication is on (its default), so the Jobs API, which runs code on the
+    cluster, is closed to anyone who reaches the port without the token."""
+    import urllib.error
+    import urllib.request
+
+    from conftest import ray_token_header
+
+    jobs = f"{ray_head['dashboard']}/api/jobs/"
+    try:
+        urllib.request.urlopen(jobs, timeout=10)
+        raise AssertionError("the Jobs API answered a request without the token")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 401
+    with urllib.request.urlopen(urllib.request.Request(jobs, headers=ray_token_header()), timeout=10) as ok:
+        assert ok.status == 200
+
+    # The CLI of someone who has no token (no RAY_AUTH_* settings, a HOME without ~/.ray/auth_token)
+    # sends none, and the head refuses it.
+    env = {k: v for k, v in loopback_ray_env(HOME=str(tmp_path)).items() if not k.startswith("RAY_AUTH_")}
+    listed = subprocess.run(["ray", "job", "list", "--address", ray_head["dashboard"]],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode != 0
+    assert "unauthorized" in (listed.stdout + listed.stderr).lower(), listed.stderr[-2000:]
+    # With it, as README says: the same command works.
+    listed = subprocess.run(["ray", "job", "list", "--address", ray_head["dashboard"]],
+                            env=loopback_ray_env(HOME=str(tmp_path)), capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]

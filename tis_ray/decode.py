@@ -6,6 +6,8 @@ decodes, so a few threads keep a core busy.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import struct
 import warnings
@@ -56,10 +58,37 @@ def decode_image(data: bytes, max_pixels: int, min_side: int | None = None) -> I
         image.draft(None, (min_side, min_side))
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # not a copy: one full-size buffer fewer per decode
         return to_rgb(image)
     except CORRUPT_IMAGE_ERRORS as exc:
         raise RowError(errors.DECODE_ERROR, f"corrupt or truncated {image.format} image: {exc}") from None
+
+
+# Images at least this large give their memory back to the system once decoded (see below).
+TRIM_ABOVE_PIXELS = 16_000_000
+
+
+def _load_malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_decode_memory(pixels: int) -> None:
+    """After a decode of `pixels` pixels, hand glibc's freed heap back to the system.
+
+    glibc keeps the freed buffers of a large decode for reuse: 16 concurrent
+    6300x6300 PNGs left a process 512 MiB above where it began, for good, and
+    `malloc_trim(0)` brought it back to its start (docs/reliability.md, Security).
+    Small images do not call it, so the common path pays nothing.
+    """
+    if _malloc_trim is not None and pixels >= TRIM_ABOVE_PIXELS:
+        _malloc_trim(0)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -73,7 +102,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I") or image.mode == "F":
         image = _scale_to_8bit(image)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")  # no copy of a full-size buffer
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")

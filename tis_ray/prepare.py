@@ -15,7 +15,7 @@ import numpy as np
 
 from . import errors
 from .config import FetchConfig
-from .decode import decode_image
+from .decode import decode_image, release_decode_memory
 from .errors import RowError
 from .fetch import ImageFetcher
 from .preprocess import PreprocessSpec, min_decode_side, resize_and_crop
@@ -28,7 +28,12 @@ def bytes_to_pixels(data: bytes, spec: PreprocessSpec, max_pixels: int, reduced_
     `reduced_decode` lets a large JPEG decode at 1/2 to 1/8 scale (see `decode_image`).
     """
     min_side = min_decode_side(spec) if reduced_decode else None
-    return resize_and_crop(decode_image(data, max_pixels, min_side), spec)
+    image = decode_image(data, max_pixels, min_side)
+    decoded = image.width * image.height
+    pixels = resize_and_crop(image, spec)
+    del image  # freed before the trim below can give its memory back
+    release_decode_memory(decoded)
+    return pixels
 
 
 class ImagePreparer:
