@@ -65,7 +65,7 @@ def decode_image(data: bytes, max_pixels: int, min_side: int | None = None) -> I
 
 
 # Images at least this large give their memory back to the system once decoded (see below).
-TRIM_ABOVE_PIXELS = 16_000_000
+TRIM_ABOVE_PIXELS = 4_000_000
 
 
 def _load_malloc_trim():

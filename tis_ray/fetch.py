@@ -197,7 +197,8 @@ async def _follow_redirects(
 
 def _redirect_target(current: yarl.URL, location: str) -> yarl.URL:
     try:
-        target = current.join(parse_http_url(location))
+        # Parsed again whole: yarl can join into a URL whose host only fails when first read.
+        target = parse_http_url(str(current.join(parse_http_url(location))))
     except (RowError, ValueError) as exc:
         raise RowError(errors.INVALID_URL, f"bad redirect Location {location!r}: {exc}") from None
     if target.scheme not in HTTP_SCHEMES:

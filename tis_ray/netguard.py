@@ -130,7 +130,7 @@ def _parse_ipv4(host: str) -> ipaddress.IPv4Address | None:
     for part in parts:
         lowered = part.lower()
         if lowered.startswith("0x"):
-            digits, base = lowered[2:] or "0", 16
+            digits, base = lowered[2:], 16  # "0x" alone is no number to inet_aton
         elif len(part) > 1 and part.startswith("0"):
             digits, base = part[1:], 8
         else:
@@ -155,7 +155,8 @@ def literal_address(host: str) -> IPAddress | None:
 
     Fail closed: a host that aiohttp would connect to unresolved (one with a ``:``, or
     only digits and dots) and that does not read here as exactly one address is refused,
-    as is any other host with a percent sign (no DNS name has one). Zone ids are refused
+    as is any other host with a percent sign (no DNS name has one, and a resolver
+    would look the escapes up undecoded, where we would judge them decoded). Zone ids are refused
     outright rather than cut: a zone names an interface of this machine, and no image a
     caller may ask for lives behind one.
     """
@@ -166,8 +167,10 @@ def literal_address(host: str) -> IPAddress | None:
             return ipaddress.IPv6Address(host)
         except ValueError:
             raise RowError(INVALID_URL, f"{host!r} is not an IPv6 address") from None
+    if "%" in host:  # a resolver looks the escapes up as they are; we would read them decoded
+        raise RowError(INVALID_URL, f"{host!r} has percent-escapes in its host")
     ip = parse_ip_host(host)
-    if ip is None and ("%" in host or host.replace(".", "").isdigit()):
+    if ip is None and host.replace(".", "").isdigit():
         raise RowError(INVALID_URL, f"{host!r} is neither a host name nor an IP address")
     return ip
 
