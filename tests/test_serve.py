@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -12,14 +14,17 @@ import urllib.request
 
 import aiohttp
 import pytest
+from PIL import Image
 
 from conftest import free_port
 from tis_ray import score_pairs
-from tis_ray.config import FetchConfig
+from tis_ray.config import SERVE_MAX_PIXELS, FetchConfig
 from tis_ray.errors import error_kind
 from tis_ray.serve import ScoringService, service_options
 
 API_KEY = "s3cret-test-key"
+GUARDED_MAX_BYTES = 100_000  # the "guarded" app's caps: small, so that real photos cross them
+GUARDED_MAX_PIXELS = 1_000_000
 
 
 def batch_pairs(image_server, photos) -> list[tuple[str, str]]:
@@ -40,19 +45,72 @@ def batch_results(local_ray, tiny_model, image_server, photos):
 
 
 @pytest.fixture(scope="module")
-def service(local_ray, tiny_model, monkeypatch_module, batch_results):
-    """Three apps on one Serve instance: loopback allowed, default guard, and API-key protected."""
+def upstream():
+    """A loopback host that misbehaves as an internal one might: a 403 with a telling reason
+    phrase, an SSH banner instead of HTTP, and an image its owner opted out of AI use."""
+    yield UpstreamServer()
+
+
+class UpstreamServer:
+    REASON = "Forbidden-internal-build-7f3a tenant=acme"
+    BANNER = b"SSH-2.0-OpenSSH_9.6 build-host-secret\r\n"
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def _serve(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        from conftest import PHOTOS
+
+        with conn:
+            path = conn.recv(65536).split(b" ", 2)[1].decode()
+            if path == "/secret-403":
+                conn.sendall(f"HTTP/1.1 403 {self.REASON}\r\nContent-Length: 0\r\n\r\n".encode())
+            elif path == "/banner":
+                conn.sendall(self.BANNER)
+            elif path == "/noai":
+                body = (PHOTOS / "chelsea.jpg").read_bytes()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Robots-Tag: noai\r\nContent-Type: image/jpeg\r\n"
+                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+@pytest.fixture(scope="module")
+def service(local_ray, tiny_model, monkeypatch_module, batch_results, image_server, upstream):
+    """Three apps on one Serve instance: loopback allowed (on the test servers' ports), default
+    guard with small caps (only the name localhost, on the image server's port), and API-key
+    protected."""
     from ray import serve
 
     port = free_port()
+    image_port = image_server.httpd.server_address[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = {"model": tiny_model, "device": "cpu", "dtype": "float32", "timeout_s": 3}
     small = {"num_cpus": 0.25}
     batching = {"max_batch_size": 16, "batch_wait_ms": 50}
     serve.run(ScoringService.options(ray_actor_options=small, user_config=batching).bind(
-        **service_options({**base, "allow_hosts": ["127.0.0.1"]})), name="open", route_prefix="/open")
+        **service_options({**base, "allow_hosts": ["127.0.0.1"], "allow_ports": [image_port, upstream.port]})),
+        name="open", route_prefix="/open")
     serve.run(ScoringService.options(ray_actor_options=small).bind(
-        **service_options({**base, "allow_hosts": ["localhost"], "max_body_bytes": 200_000, "max_pairs": 8})),
+        **service_options({**base, "allow_hosts": [f"localhost:{image_port}"], "max_body_bytes": 200_000,
+                           "max_pairs": 8, "max_image_bytes": GUARDED_MAX_BYTES,
+                           "max_pixels": GUARDED_MAX_PIXELS})),
         name="guarded", route_prefix="/guarded")
     monkeypatch_module.setenv("TIS_API_KEY", API_KEY)
     serve.run(ScoringService.options(ray_actor_options=small).bind(**service_options(base)),
@@ -224,3 +282,76 @@ def test_api_key_is_required_when_set(service, image_server):
     assert status == 200 and error_kind(body["results"][0]["error"]) == "decode_error"
     assert call(f"{service}/keyed/healthz")[0] == 200
     assert call(f"{service}/open/v1/score", payload)[0] == 200  # the other apps have no key
+
+
+# --- the service's own guards (see also tests/test_security.py) -------------------------------
+
+
+def _png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_inline_images_are_held_to_the_byte_and_pixel_caps(service):
+    noise = Image.frombytes("RGB", (200, 200), os.urandom(200 * 200 * 3))  # ~120 KB as PNG
+    wide = Image.new("RGB", (1100, 1000), (10, 200, 30))  # 1.1 M pixels, a few KB
+    fits = Image.new("RGB", (1000, 1000), (10, 200, 30))
+    pairs = [{"image_base64": _png_base64(image), "caption": "x"} for image in (noise, wide, fits)]
+    assert len(base64.b64decode(pairs[0]["image_base64"])) > GUARDED_MAX_BYTES
+    status, body = call(f"{service}/guarded/v1/score", {"pairs": pairs})
+    assert status == 200, body
+    errors = [r["error"] for r in body["results"]]
+    assert errors[0] == f"too_large: the image is over {GUARDED_MAX_BYTES} bytes"
+    assert errors[1] == f"decompression_bomb: the image is over the limit of {GUARDED_MAX_PIXELS} pixels"
+    assert errors[2] is None and body["results"][2]["similarity"] is not None
+    info = call(f"{service}/guarded/v1/model")[1]
+    assert (info["max_image_bytes"], info["max_pixels"]) == (GUARDED_MAX_BYTES, GUARDED_MAX_PIXELS)
+    assert call(f"{service}/open/v1/model")[1]["max_pixels"] == SERVE_MAX_PIXELS  # the service default
+
+
+def test_error_texts_tell_nothing_about_what_is_behind_the_service(service, upstream):
+    payload = {"pairs": [{"image_url": upstream.url("secret-403"), "caption": "x"},
+                         {"image_url": upstream.url("banner"), "caption": "x"}]}
+    status, body = call(f"{service}/open/v1/score", payload)
+    assert status == 200
+    texts = [r["error"] for r in body["results"]]
+    assert texts[0] == "http_403: the image host answered HTTP 403"
+    assert error_kind(texts[1]) == "connection_error"
+    for secret in ("7f3a", "acme", "Forbidden", "SSH", "OpenSSH", "secret"):
+        assert secret not in json.dumps(body), body
+
+
+def test_a_port_the_policy_does_not_allow_is_refused_without_a_connection(service, upstream, image_server):
+    # "guarded" allows localhost on the image server's port only: the upstream's port is refused.
+    marker = "port-policy-check"
+    status, body = call(f"{service}/guarded/v1/score", {"pairs": [
+        {"image_url": f"http://localhost:{upstream.port}/noai?{marker}", "caption": "x"},
+        {"image_url": f"http://127.0.0.1:{image_server.httpd.server_address[1]}/photo/chelsea.jpg?{marker}",
+         "caption": "x"}]})
+    assert status == 200
+    assert [error_kind(r["error"]) for r in body["results"]] == ["blocked_address", "blocked_address"]
+    assert not [p for p in image_server.requests if marker in p]
+
+
+def test_opted_out_images_are_not_scored(service, upstream):
+    status, body = call(f"{service}/open/v1/score", {"pairs": [{"image_url": upstream.url("noai"), "caption": "x"}]})
+    assert status == 200
+    assert body["results"][0]["error"] == "opted_out: the image's host opts out of AI use (X-Robots-Tag)"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_json_gets_415(service, content_type):
+    import http.client
+
+    where = urllib.parse.urlsplit(f"{service}/open/v1/score")
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    headers = {"Content-Type": content_type} if content_type else {}
+    connection.request("POST", where.path, body=b'{"pairs": []}', headers=headers)  # http.client adds no type
+    response = connection.getresponse()
+    assert response.status == 415
+    assert json.loads(response.read())["detail"][0]["loc"] == ["header", "Content-Type"]
+    connection.close()
+    ok = call(f"{service}/open/v1/score", raw=b'{"pairs": []}',
+              headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok[0] == 422  # past the type check: an empty list is the body's own fault

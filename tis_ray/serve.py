@@ -82,6 +82,16 @@ class RequestRejected(Exception):
         return JSONResponse({"detail": self.detail}, status_code=self.status)
 
 
+def _check_content_type(request: Request) -> None:
+    # Defined above the class: @serve.ingress pickles the app, and with it the globals it sees then.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestRejected.at(
+            415, ["header", "Content-Type"], f"send the body as application/json, not {media_type or 'no type'}",
+            "unsupported_media_type",
+        )
+
+
 def _openapi(served: FastAPI, max_pairs: int) -> dict:
     """FastAPI's schema, plus `ScoreRequest` with this replica's pair limit.
 
@@ -266,15 +276,6 @@ class ScoringService:
         pixels = np.stack([pixels for pixels, _ in items])
         result = await asyncio.to_thread(self.scorer.score, pixels, [caption for _, caption in items])
         return [float(c) for c in result.cosine]
-
-
-def _check_content_type(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise RequestRejected.at(
-            415, ["header", "Content-Type"], f"send the body as application/json, not {media_type or 'no type'}",
-            "unsupported_media_type",
-        )
 
 
 APP_ARGS = ("model", "device", "dtype", "allow_hosts", "allowlist_only", "allow_ports", "allow_wide_networks",
