@@ -48,7 +48,8 @@ def test_cpu_group_and_head_advertise_no_gpu(config):
 
 def test_setup_installs_the_pinned_torch_and_the_wheel_everywhere(config):
     wheel = "pip install -c ~/tis-ray-deploy/constraints.txt ~/tis-ray-dist/tis_ray-0.1.0-py3-none-any.whl"
-    assert config["file_mounts"] == {"~/tis-ray-dist": "./dist", "~/tis-ray-deploy": "./deploy"}
+    assert config["file_mounts"] == {"~/tis-ray-dist": "./dist", "~/tis-ray-deploy": "./deploy",
+                                     "~/.ray/auth_token": "~/.ray/auth_token"}
     cpu_torch = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
     for merged in (config["head_setup_commands"], config["worker_setup_commands"]):  # common + own
         assert merged.index(cpu_torch) < merged.index(wheel)
@@ -70,6 +71,13 @@ def test_constraints_pin_every_dependency_within_the_projects_own_ranges():
     for dependency in map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]):
         pin = pins[canonicalize_name(dependency.name)]  # every dependency is pinned ...
         assert dependency.specifier.contains(next(iter(pin.specifier)).version), (dependency, pin)  # ... in range
+
+
+def test_every_node_starts_ray_in_token_mode_with_the_mounted_token(config):
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        (start,) = [c for c in commands if "ray start" in c]
+        assert start.startswith("export RAY_AUTH_MODE=token;")
 
 
 def test_wheel_name_in_setup_matches_the_project_version():

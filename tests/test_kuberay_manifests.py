@@ -98,3 +98,8 @@ def test_a_broken_serve_config_is_rejected(field, value):
     (app if field in app else app["deployments"][0])[field] = value
     with pytest.raises(ValueError, match=field):
         ServeDeploySchema.model_validate(broken)
+
+
+@pytest.mark.parametrize("name,spec_key", [("rayservice.yaml", "rayClusterConfig"), ("rayjob.yaml", "rayClusterSpec")])
+def test_kuberay_clusters_run_with_token_authentication(name, spec_key):
+    assert _manifest(name)["spec"][spec_key]["authOptions"] == {"mode": "token"}

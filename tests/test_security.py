@@ -197,7 +197,7 @@ def test_guard_judges_exactly_the_address_a_connection_would_reach(written):
 
 
 def test_aiohttp_refuses_non_canonical_ipv4():
-    """The floor in pyproject.toml (aiohttp>=3.14) is where aiohttp started refusing inet_aton
+    """The floor in pyproject.toml (aiohttp>=3.14.1) is where aiohttp started refusing inet_aton
     spellings (2130706433, 127.1) itself instead of passing them to the system resolver; the
     property above relies on it for the spellings it skips."""
     from aiohttp.client_exceptions import InvalidUrlClientError
