@@ -321,9 +321,15 @@ def fetch(url: str, allow: tuple[str, ...] = (), names: dict[str, list[str]] | N
           with_url_check: bool = True) -> bytes | RowError:
     """One fetch through the guarded parts, any port allowed (the port policy has tests of its own);
     names resolve only through a `StubResolver`."""
+    return guarded_fetch(url, AddressPolicy(allow, ports=None), StubResolver(names), with_url_check)
+
+
+def guarded_fetch(url: str, policy: AddressPolicy, resolver: AbstractResolver,
+                  with_url_check: bool = True) -> bytes | RowError:
+    """The bytes, or the row error, of one fetch as the service makes it under `policy`."""
 
     async def go():
-        check, connector = guarded_fetcher_parts(AddressPolicy(allow, ports=None), FAST, StubResolver(names))
+        check, connector = guarded_fetcher_parts(policy, FAST, resolver)
         fetcher = ImageFetcher(FAST, url_check=check if with_url_check else None, connector=connector)
         try:
             return await fetcher.fetch(ImageSource("http", url))

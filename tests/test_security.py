@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import REPO
-from test_netguard import PHOTO, StubResolver, hop_server, loopback  # noqa: F401 - fixtures
+from raw_server import RawServer
+from test_netguard import PHOTO, StubResolver, guarded_fetch, hop_server, loopback  # noqa: F401 - fixtures
 from tis_ray import errors
 from tis_ray.config import FetchConfig
 from tis_ray.errors import RowError
@@ -86,27 +87,13 @@ HOSTILE_HOSTS = [
 ]
 
 
-def _guarded_fetch(url: str, policy: AddressPolicy, stub: StubResolver) -> bytes | RowError:
-    async def go():
-        check, connector = guarded_fetcher_parts(policy, FAST, stub)
-        fetcher = ImageFetcher(FAST, url_check=check, connector=connector)
-        try:
-            return await fetcher.fetch(ImageSource("http", url))
-        except RowError as exc:
-            return exc
-        finally:
-            await fetcher.close()
-
-    return asyncio.run(go())
-
-
 def _refusal(url: str, policy: AddressPolicy, stub: StubResolver) -> RowError:
     """What the service does with `url`: classify it as it arrives, then fetch it through the guard."""
     try:
         source = classify_image_ref(url, base_dir="/")
     except RowError as error:
         return error
-    result = _guarded_fetch(source.location, policy, stub)
+    result = guarded_fetch(source.location, policy, stub)
     assert isinstance(result, RowError), f"{url} was fetched"
     return result
 
@@ -129,7 +116,7 @@ def test_hostile_hosts_in_a_redirect_are_refused_without_a_connection(loopback, 
     stub = StubResolver({"allowed.test": ["127.0.0.1"]})
     target = f"http://{host}:{loopback.port}/photo/chelsea.jpg"
     url = f"http://allowed.test:{hop_server.port}/hop?to={urllib.parse.quote(target, safe='')}"
-    result = _guarded_fetch(url, AddressPolicy(("allowed.test",), ports=None), stub)
+    result = guarded_fetch(url, AddressPolicy(("allowed.test",), ports=None), stub)
     assert isinstance(result, RowError) and result.kind == kind, result
     assert len(hop_server.requests) == 1  # the hop itself, and nothing after it
     assert loopback.connections == 0 and loopback.requests == []
@@ -224,7 +211,7 @@ def test_ports_other_than_80_and_443_are_refused_unless_allowed(loopback):
     by_name = f"http://images.test:{loopback.port}/photo/chelsea.jpg"
     for policy, target in [(AddressPolicy(("127.0.0.1",)), url), (AddressPolicy(("images.test",)), by_name),
                            (AddressPolicy(("127.0.0.1:1",)), url)]:
-        result = _guarded_fetch(target, policy, stub)
+        result = guarded_fetch(target, policy, stub)
         assert isinstance(result, RowError) and result.kind == errors.BLOCKED_ADDRESS, result
         assert f"port {loopback.port} is not fetched" in result.detail
     assert loopback.connections == 0 and stub.calls == []  # refused before the lookup, too
@@ -232,7 +219,7 @@ def test_ports_other_than_80_and_443_are_refused_unless_allowed(loopback):
     for policy, target in [(AddressPolicy((f"127.0.0.1:{loopback.port}",)), url),
                            (AddressPolicy((f"images.test:{loopback.port}",)), by_name),
                            (AddressPolicy(("127.0.0.1",), ports=(80, 443, loopback.port)), url)]:
-        assert _guarded_fetch(target, policy, stub) == PHOTO.read_bytes()
+        assert guarded_fetch(target, policy, stub) == PHOTO.read_bytes()
 
 
 @pytest.mark.parametrize("port", [22, 25, 6379, 11211, 8080])
@@ -294,7 +281,7 @@ def test_tis_ray_serve_refuses_a_lax_allowlist_at_start_up(tmp_path):
 
 def test_a_name_that_resolves_to_no_address_is_a_connection_error():
     stub = StubResolver({"empty.test": []})
-    result = _guarded_fetch("http://empty.test/x.jpg", AddressPolicy(), stub)
+    result = guarded_fetch("http://empty.test/x.jpg", AddressPolicy(), stub)
     assert isinstance(result, RowError) and result.kind == errors.CONNECTION_ERROR, result
     assert "empty.test" in result.detail and "DNS" in result.detail
 
@@ -375,7 +362,7 @@ def test_public_error_text_says_nothing_about_the_inside():
 
 def test_a_private_resolution_is_refused_and_its_address_is_not_told(loopback):
     stub = StubResolver({"db01.corp.internal": ["10.20.30.40"]})
-    error = _guarded_fetch("http://db01.corp.internal/x.jpg", AddressPolicy(), stub)
+    error = guarded_fetch("http://db01.corp.internal/x.jpg", AddressPolicy(), stub)
     assert error.kind == errors.BLOCKED_ADDRESS and "10.20.30.40" in error.detail  # the log has it
     assert "10.20.30.40" not in public_error_text(error, FetchConfig())  # the caller does not
 
@@ -383,7 +370,7 @@ def test_a_private_resolution_is_refused_and_its_address_is_not_told(loopback):
 # --- opt-out: decided from the headers, the body never sent ---------------------------------------
 
 
-class HeldBodyServer:
+class HeldBodyServer(RawServer):
     """Answers 200 with the given headers at once, then holds the body until `release` is set,
     and counts the body bytes it managed to send."""
 
@@ -392,38 +379,25 @@ class HeldBodyServer:
         self.headers = headers
         self.release = threading.Event()
         self.body_bytes_sent = 0
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(self._reply)
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket):
-        with conn:
-            conn.recv(65536)
-            head = "".join(f"{k}: {v}\r\n" for k, v in
-                           [("Content-Type", "image/jpeg"), ("Content-Length", str(len(self.body))), *self.headers])
-            conn.sendall(f"HTTP/1.1 200 OK\r\n{head}\r\n".encode())
-            if not self.release.wait(10):
-                return
-            try:
-                for start in range(0, len(self.body), 4096):
-                    conn.sendall(self.body[start:start + 4096])
-                    self.body_bytes_sent += min(4096, len(self.body) - start)
-            except OSError:
-                pass
+    def _reply(self, conn: socket.socket):
+        conn.recv(65536)
+        head = "".join(f"{k}: {v}\r\n" for k, v in
+                       [("Content-Type", "image/jpeg"), ("Content-Length", str(len(self.body))), *self.headers])
+        conn.sendall(f"HTTP/1.1 200 OK\r\n{head}\r\n".encode())
+        if not self.release.wait(10):
+            return
+        try:
+            for start in range(0, len(self.body), 4096):
+                conn.sendall(self.body[start:start + 4096])
+                self.body_bytes_sent += min(4096, len(self.body) - start)
+        except OSError:
+            pass
 
     def close(self):
         self.release.set()
-        self.sock.close()
+        super().close()
 
 
 @pytest.mark.parametrize("header", ["noai", "noimageai", "NoAI, noarchive", "tis-ray: noimageai", "noindex",

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from conftest import free_port
+from conftest import PHOTOS, free_port
+from raw_server import RawServer
 from tis_ray import score_pairs
 from tis_ray.config import SERVE_MAX_PIXELS, FetchConfig
 from tis_ray.errors import error_kind
@@ -48,47 +49,28 @@ def batch_results(local_ray, tiny_model, image_server, photos):
 def upstream():
     """A loopback host that misbehaves as an internal one might: a 403 with a telling reason
     phrase, an SSH banner instead of HTTP, and an image its owner opted out of AI use."""
-    yield UpstreamServer()
+    server = UpstreamServer()
+    yield server
+    server.close()
 
 
-class UpstreamServer:
+class UpstreamServer(RawServer):
     REASON = "Forbidden-internal-build-7f3a tenant=acme"
     BANNER = b"SSH-2.0-OpenSSH_9.6 build-host-secret\r\n"
 
     def __init__(self):
-        import socket
-        import threading
+        super().__init__(self._reply)
 
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"
-
-    def _serve(self):
-        import threading
-
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn):
-        from conftest import PHOTOS
-
-        with conn:
-            path = conn.recv(65536).split(b" ", 2)[1].decode()
-            if path == "/secret-403":
-                conn.sendall(f"HTTP/1.1 403 {self.REASON}\r\nContent-Length: 0\r\n\r\n".encode())
-            elif path == "/banner":
-                conn.sendall(self.BANNER)
-            elif path == "/noai":
-                body = (PHOTOS / "chelsea.jpg").read_bytes()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Robots-Tag: noai\r\nContent-Type: image/jpeg\r\n"
-                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    def _reply(self, conn):
+        path = conn.recv(65536).split(b" ", 2)[1].decode()
+        if path == "/secret-403":
+            conn.sendall(f"HTTP/1.1 403 {self.REASON}\r\nContent-Length: 0\r\n\r\n".encode())
+        elif path == "/banner":
+            conn.sendall(self.BANNER)
+        elif path == "/noai":
+            body = (PHOTOS / "chelsea.jpg").read_bytes()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Robots-Tag: noai\r\nContent-Type: image/jpeg\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
 @pytest.fixture(scope="module")
