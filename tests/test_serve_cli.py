@@ -44,13 +44,13 @@ def _wait_for(url: str, payload: dict, seconds: float, process: subprocess.Popen
 
 def test_tis_ray_serve_answers_and_stops_on_ctrl_c(tiny_model, image_server, photos):
     port = free_port()
+    image_port = image_server.httpd.server_address[1]
     process = subprocess.Popen(
         [str(BIN / "tis-ray"), "serve", "--model", tiny_model, "--device", "cpu", "--dtype", "float32",
-         "--port", str(port), "--allow-hosts", "localhost"],
+         "--port", str(port), "--allow-hosts", f"localhost:{image_port}"],
         env=loopback_ray_env(RAY_ADDRESS="local"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        image_port = image_server.httpd.server_address[1]
         payload = {"pairs": [
             {"image_url": f"http://localhost:{image_port}/photo/chelsea.jpg", "caption": "a cat"},
             {"image_url": f"http://127.0.0.1:{image_port}/photo/chelsea.jpg?not-allowed", "caption": "a cat"},

@@ -30,6 +30,7 @@ from tis_ray import score_file
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 from tis_ray.errors import RowError, error_kind
 from tis_ray.loading import load_preprocess_spec
+from tis_ray.netguard import AddressPolicy
 from tis_ray.prepare import ImagePreparer
 from tis_ray.serve import ScoringService
 from tis_ray.sources import classify_image_ref
@@ -100,7 +101,8 @@ def serve_run(local_ray, model, fault_servers) -> Run:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(ScoringService.options(ray_actor_options={"num_cpus": 0.25}).bind(
-            model=model.model, device="cpu", dtype="float32", allow_hosts=("127.0.0.1",), fetch=FETCH),
+            model=model.model, device="cpu", dtype="float32", fetch=FETCH,
+            policy=AddressPolicy(("127.0.0.1",), ports=None)),  # the fault servers' ports are random
             name="faults", route_prefix="/faults")
         payload = {"pairs": [{"image_url": c.image_cell(fault_servers, "serve"), "caption": c.caption} for c in CASES]}
         request = urllib.request.Request(f"http://127.0.0.1:{port}/faults/v1/score", json.dumps(payload).encode(),
