@@ -2,8 +2,9 @@
 
 Outputs can hold more rows than memory: both formats are read as a stream of record
 batches (Parquet by row group, CSV by block), so a reader holds one batch at a time.
-CSV cells are read as text, exactly as written, so that `filter` writes kept rows
-back unchanged; only the score columns are parsed, here.
+CSV cells are read with the types `score` wrote them with: the score and cosine
+columns as numbers, every other cell as the text written, so that `filter` writes the
+kept rows back as they were.
 
 Score columns: ``similarity`` (one model), or ``similarity_<name>`` per model when a
 file holds several; a model is named by `<name>` (or by the column's own name).
@@ -96,7 +97,7 @@ class ScoredOutput:
                     parse_options=pacsv.ParseOptions(newlines_in_values=True),
                     # Text as written; an unquoted empty cell (how a missing value is written) is null.
                     convert_options=pacsv.ConvertOptions(
-                        column_types={c: pa.string() for c in self.columns}, include_columns=columns,
+                        column_types=dict(zip(self.schema().names, self.schema().types)), include_columns=columns,
                         strings_can_be_null=True, quoted_strings_can_be_null=False),
                 )
                 yield from reader
@@ -116,11 +117,12 @@ class ScoredOutput:
         return np.where(scored, to_bins(np.where(scored, numbers, 0.0)), -1)
 
     def schema(self) -> pa.Schema:
-        """The file's columns and types (a CSV's are all text, as `batches` reads them)."""
+        """The file's columns and types (a CSV's as `batches` reads them: numbers for the results)."""
         if self.format == "parquet":
             filesystem, inner = storage.resolve(self.path)
             return pq.read_schema(inner, filesystem=filesystem)
-        return pa.schema([(c, pa.string()) for c in self.columns])
+        numbers = {*self.models.values(), *(c for c in self.columns if c == "cosine" or c.startswith("cosine_"))}
+        return pa.schema([(c, pa.float64() if c in numbers else pa.string()) for c in self.columns])
 
     def stats(self) -> dict | None:
         """``OUTPUT.stats.json`` as `score` wrote it beside this file, if it is there and readable."""
