@@ -3,19 +3,22 @@ file's own counts, and a threshold control that agrees with `tis-ray filter` exa
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import re
 import shutil
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
 from browser import chromium, open_report  # noqa: F401 - chromium is a fixture
-from conftest import REPO
+from conftest import PHOTO_NAMES, REPO
 from jobs import read_output, run_cli
 from scored_files import scored_table, write_scored
 from tis_ray.errors import error_kind
@@ -126,3 +129,41 @@ def test_several_models_and_bounded_size(tmp_path, chromium):  # noqa: F811
 def test_report_of_a_missing_file_is_one_line(tmp_path):
     result = run_cli("report", str(tmp_path / "nope.csv"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+
+
+def _page_data(report) -> dict:
+    text = report.read_text()
+    start = text.index('id="report-data">') + len('id="report-data">')
+    return json.loads(text[start:text.index("</script>", start)])
+
+
+def test_thumbnails_and_borderline_pairs(tmp_path, image_server):
+    """Thumbnails come through scoring's fetcher (a 404 shows its row error instead), at most
+    128 px; the strip holds the pairs nearest the threshold asked for, on each side."""
+    table = scored_table(400, seed=13, tie_values=120, error_share=0.0)
+    urls = [image_server.url("status/404") if i % 10 == 0 else image_server.url(f"photo/{PHOTO_NAMES[i % 6]}.jpg")
+            for i in range(table.num_rows)]
+    table = table.set_column(table.schema.get_field_index("image_url"), "image_url", pa.array(urls))
+    scored = write_scored(tmp_path / "scored.csv", table)
+    report = tmp_path / "scored.html"
+    result = run_cli("report", str(scored), "-o", str(report), "--thumbnails", "8", "--threshold", "0.55")
+    assert result.returncode == 0, result.stderr
+    data = _page_data(report)
+    rows = table.to_pylist()
+    by_score = sorted(rows, key=lambda r: (r["similarity"], r["row"]))
+    assert [p["row"] for p in data["grids"]["lowest"]] == [r["row"] for r in by_score[:8]]
+    assert [p["row"] for p in data["grids"]["highest"]] == [r["row"] for r in sorted(
+        rows, key=lambda r: (-r["similarity"], r["row"]))[:8]]
+    assert [p["row"] for p in data["grids"]["above"]] == [r["row"] for r in by_score if r["similarity"] >= 0.55][:4]
+    assert [p["row"] for p in data["grids"]["below"]] == [r["row"] for r in sorted(
+        (r for r in rows if r["similarity"] < 0.55), key=lambda r: (-r["similarity"], r["row"]))][:4]
+    shown = [p for group in data["grids"].values() for p in group]
+    for pair in shown:
+        if "/status/404" in pair["image"]:
+            assert pair["thumb"].startswith("http_404: ")
+        else:
+            head, _, body = pair["thumb"].partition(",")
+            assert head == "data:image/jpeg;base64"
+            image = Image.open(io.BytesIO(base64.b64decode(body)))
+            assert image.format == "JPEG" and max(image.size) <= 128
+    assert any("/status/404" in p["image"] for p in shown)

@@ -39,7 +39,7 @@ class FilterResult:
         share = f"{100 * self.kept_scored / self.scored:.2f}%" if self.scored else "-"
         lines = [f"kept {self.kept} of {self.rows} rows ({self.kept_scored} of {self.scored} scored rows, {share}"
                  f"{'; rows with errors kept' if self.kept != self.kept_scored else ''})",
-                 f"threshold: {self.column} >= {self.threshold}"]
+                 f"threshold: {self.column} >= {self.threshold}" if self.scored else "threshold: none (no scored rows)"]
         if self.cut and self.cut.ties_kept < self.cut.ties:
             lines.append(f"ties at {self.threshold}: kept the first {self.cut.ties_kept} of {self.cut.ties} "
                          "in file order")
