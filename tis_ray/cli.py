@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write OUTPUT.report.html (see `tis-ray report`) at the end")
     score.add_argument("--verbose", action="store_true",
                        help="show Ray Data's own per-operator progress bars (progress is then logged as lines)")
-    score.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+    score.add_argument("--progress-every", type=_positive_float, default=30.0, metavar="SECONDS",
                        help="when stderr is not a terminal, log a progress line this often (default: 30)")
     score.set_defaults(run=run_score)
 
@@ -124,6 +124,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
 
 

@@ -64,10 +64,6 @@ class Histogram:
     def total(self) -> int:
         return int(self.counts.sum())
 
-    def at_least(self, bin_: int) -> int:
-        """Rows with a score in `bin_` or above."""
-        return int(self.counts[bin_:].sum())
-
     def percentile(self, p: float) -> int:
         """The bin of the p-th percentile by the nearest-rank (inverted CDF) method: the lowest
         score with at least p% of the rows at or below it (numpy's ``method="inverted_cdf"``)."""
