@@ -40,6 +40,9 @@ def show_progress(enabled: bool) -> None:
     """Ray Data's progress bars on, or off with its per-operator log lines quietened."""
     DataContext.get_current().enable_progress_bars = enabled
     logging.getLogger("ray.data").setLevel(logging.INFO if enabled else logging.WARNING)
+    # Without bars Ray Data warns how to turn them on in code; the CLI's `--verbose` is how, and
+    # the job's own progress line (`progress`) stands in for them.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if enabled else logging.ERROR)
 
 
 def score_dataset(

@@ -5,7 +5,8 @@ It is counted from the result batches the driver already receives (`api.score_fi
 reads every batch to checkpoint it), so it costs no extra work on the cluster. On a
 terminal one line is redrawn a few times a second; elsewhere (a log file, `ray job
 logs`) a plain line is written every `every_s` seconds, so logs show progress without
-carriage returns. Either way the last line holds the final counts.
+carriage returns. Either way the last line holds the final counts. Rows/s, and the
+time left from it, count from the first results, not from the start-up before them.
 
 The total comes from the input: a Parquet file's own row count, or a CSV counted in a
 background thread while the job starts (the line shows ``?`` until it is known).
@@ -35,9 +36,11 @@ class ProgressLine:
         self.every_s = REDRAW_S if terminal else every_s
         self.total: int | None = None
         self.done = 0
-        self.carried_over = 0
         self.errors: Counter = Counter()
         self.started = time.monotonic()
+        # When the first results came back, and the rows done then: the rate is measured from
+        # there, so the minutes of start-up (actors, model) do not make the time left too long.
+        self._first: tuple[float, int] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -45,7 +48,7 @@ class ProgressLine:
 
     def start(self, count_total: Callable[[], int], done: int = 0) -> None:
         """Begin at `done` rows (carried over from a checkpoint); the total is counted in the background."""
-        self.done = self.carried_over = done
+        self.done = done
         self.started = time.monotonic()
         threading.Thread(target=self._count, args=(count_total,), daemon=True, name="tis-progress-total").start()
         self._ticker = threading.Thread(target=self._tick, daemon=True, name="tis-progress")
@@ -58,6 +61,8 @@ class ProgressLine:
         with self._lock:
             self.done += batch.num_rows
             self.errors.update(error_kind(e) for e in failed)
+            if self._first is None:
+                self._first = (time.monotonic(), self.done)
 
     def finish(self) -> None:
         """Stop redrawing and write the final line."""
@@ -67,15 +72,16 @@ class ProgressLine:
         self._write(final=True)
 
     def line(self, now: float | None = None) -> str:
+        now = now or time.monotonic()
         with self._lock:
-            done, total, errors = self.done, self.total, Counter(self.errors)
-        elapsed = (now or time.monotonic()) - self.started
-        rate = (done - self.carried_over) / elapsed if elapsed > 0 else 0.0
+            done, total, errors, first = self.done, self.total, Counter(self.errors), self._first
+        elapsed = now - self.started
+        rate = (done - first[1]) / (now - first[0]) if first and done > first[1] and now > first[0] else None
         parts = [f"{done:,}/{'?' if total is None else f'{total:,}'} rows"]
         if total:
             parts[0] += f" ({100 * done / total:.1f}%)"
-        parts.append(f"{rate:,.1f} rows/s")
-        if total is not None and rate > 0:
+        parts.append("- rows/s" if rate is None else f"{rate:,.1f} rows/s")
+        if total is not None and rate:
             parts.append(f"ETA {_clock(max(0, total - done) / rate)}")
         parts.append(f"elapsed {_clock(elapsed)}")
         parts.append(f"errors {sum(errors.values()):,}{_kinds(errors)}")
