@@ -288,6 +288,7 @@ class _Collected:
             "models": [self._model_data(name, column, model_label) for name, column in self.models.items()],
             "primary": list(self.models).index(self.primary),
             "start_bin": self.start_bin,
+            "start_top": DEFAULT_TOP_PERCENT if self.threshold is None else None,
             "errors": [{"kind": kind, "count": count, "share": count / self.rows, "example": self.examples[kind]}
                        for kind, count in sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))],
             "hosts": self.hosts.most_common(TOP_HOSTS),
