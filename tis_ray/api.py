@@ -22,7 +22,8 @@ from .loading import load_preprocess_spec
 from .output import check_output_path, write_atomically, write_stats
 from .pipeline import add_scores, estimated_rows, read_records, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
-from .records import Record, ScoreResult, input_schema, pick_columns, read_columns
+from .progress import ProgressLine
+from .records import Record, ScoreResult, count_rows, input_schema, pick_columns, read_columns
 from .redo import inputs_of, merge, read_previous_output, retryable_rows
 from .sources import base_dir_of
 from .columns import RUNTIME, TRUNCATED
@@ -39,6 +40,9 @@ def show_progress(enabled: bool) -> None:
     """Ray Data's progress bars on, or off with its per-operator log lines quietened."""
     DataContext.get_current().enable_progress_bars = enabled
     logging.getLogger("ray.data").setLevel(logging.INFO if enabled else logging.WARNING)
+    # Without bars Ray Data warns how to turn them on in code; the CLI's `--verbose` is how, and
+    # the job's own progress line (`progress`) stands in for them.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if enabled else logging.ERROR)
 
 
 def score_dataset(
@@ -72,12 +76,14 @@ def score_file(
     progress: bool = True,
     resume: bool = False,
     checkpoint_every_s: float = 60.0,
+    progress_line: ProgressLine | None = None,
 ) -> JobSummary:
     """Score every row of a CSV or Parquet file into `output_path`; return the counts.
 
     Scored rows are kept in a checkpoint beside the output (see `checkpoint`) every
     ``checkpoint_every_s`` seconds; ``resume`` picks up one an interrupted run left.
     ``progress`` shows Ray Data's progress bars; without it only warnings are logged.
+    ``progress_line`` is told of every result batch (rows done of the total, errors by kind).
     """
     job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline)
     summary = JobSummary(model=job.model.model)
@@ -91,8 +97,9 @@ def score_file(
         ds = skip_rows(ds, checkpoint.rows_done)
     rows_left = max(0, estimated_rows(input_path) - checkpoint.rows_done)
     scored = job.scored(ds, base_dir_of(input_path), rows_left)
+    watched = _watched(scored, progress_line, lambda: count_rows(input_path), checkpoint.rows_done)
     try:
-        for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in watched:
             summary.arrived(batch.num_rows)
             checkpoint.add(batch)
     finally:
@@ -115,6 +122,7 @@ def rescore_errors(
     pipeline: PipelineConfig | None = None,
     address: str | None = None,
     progress: bool = True,
+    progress_line: ProgressLine | None = None,
 ) -> JobSummary:
     """Score again only the rows of `previous_output` that failed with a retryable kind.
 
@@ -133,7 +141,7 @@ def rescore_errors(
         connect(address)
         show_progress(progress)
         scored = job.scored(records_from_table(inputs_of(previous, rows)), base_dir_of(input_path), len(rows))
-        rescored = pa.concat_tables([rescored, *scored.iter_batches(batch_format="pyarrow", batch_size=None)],
+        rescored = pa.concat_tables([rescored, *_watched(scored, progress_line, lambda: len(rows))],
                                     promote_options="permissive")
     carried = previous.filter(pa.array(np.isin(np.arange(previous.num_rows), rows, invert=True)))
     summary.add(_unknown_runtime(carried))
@@ -252,6 +260,21 @@ def _write_output(tables: Iterable[pa.Table], job: _FileJob, output_path: str, s
 
     for _ in write_atomically(counted(), output_path, job.output_schema()):
         pass
+
+
+def _watched(scored: Dataset, progress_line: ProgressLine | None, count_total, done: int = 0) -> Iterator[pa.Table]:
+    """The result batches as they come, each shown to `progress_line` (which ends when they do)."""
+    batches = scored.iter_batches(batch_format="pyarrow", batch_size=None)
+    if progress_line is None:
+        yield from batches
+        return
+    progress_line.start(count_total, done)
+    try:
+        for batch in batches:
+            progress_line.add(batch)
+            yield batch
+    finally:
+        progress_line.finish()
 
 
 def _unknown_runtime(table: pa.Table) -> pa.Table:

@@ -66,7 +66,36 @@ def build_parser() -> argparse.ArgumentParser:
                             "a 5xx or a connection error; the other rows are copied as they were")
     score.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
                        help="how often scored rows are made durable in OUTPUT.parts/ (default: 60)")
+    score.add_argument("--report", action="store_true",
+                       help="also write OUTPUT.report.html (see `tis-ray report`) at the end")
+    score.add_argument("--verbose", action="store_true",
+                       help="show Ray Data's own per-operator progress bars (progress is then logged as lines)")
+    score.add_argument("--progress-every", type=_positive_float, default=30.0, metavar="SECONDS",
+                       help="when stderr is not a terminal, log a progress line this often (default: 30)")
     score.set_defaults(run=run_score)
+
+    report = commands.add_parser("report", help="write a self-contained HTML report of a scored file")
+    report.add_argument("scored", help="a file `tis-ray score` wrote (.csv or .parquet)")
+    report.add_argument("-o", "--output", help="the HTML file (default: SCORED.report.html)")
+    report.add_argument("--thumbnails", type=_positive_int, default=24, metavar="N",
+                        help="pairs per thumbnail grid: lowest, highest, around the threshold (default: 24)")
+    report.add_argument("--no-thumbnails", action="store_true", help="fetch no images")
+    report.add_argument("--threshold", help="where the slider starts and the borderline strip is taken "
+                                            "(default: the threshold that keeps the top 30%%)")
+    report.add_argument("--image-column", help="image column (default: first of image_url, url, image, image_path)")
+    report.add_argument("--caption-column", help="caption column (default: first of caption, text)")
+    report.set_defaults(run=run_report)
+
+    filter_ = commands.add_parser("filter", help="keep the rows of a scored file above a threshold or in the top P%%")
+    filter_.add_argument("scored", help="a file `tis-ray score` wrote (.csv or .parquet)")
+    filter_.add_argument("-o", "--output", required=True, help="where to write the kept rows (same format)")
+    rule = filter_.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--min-similarity", metavar="X", help="keep rows with similarity >= X")
+    rule.add_argument("--keep-top", metavar="P%", help="keep exactly ceil(P%% of the scored rows), the highest; "
+                                                     "ties at the cut are kept in file order")
+    filter_.add_argument("--model", help="whose scores, in a file with several (similarity_<NAME> columns)")
+    filter_.add_argument("--keep-errors", action="store_true", help="also keep the rows that have no score")
+    filter_.set_defaults(run=run_filter)
 
     serve = commands.add_parser("serve", help="run the HTTP scoring service (Ray Serve) in the foreground")
     _add_model_arguments(serve)
@@ -123,9 +152,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def run_score(args: argparse.Namespace) -> int:
     from .api import rescore_errors, score_file  # imports Ray; keep `--help` fast
     from .checkpoint import checkpoint_dir
+    from .progress import ProgressLine
 
     options = dict(
         image_column=args.image_column,
@@ -137,7 +174,9 @@ def run_score(args: argparse.Namespace) -> int:
         pipeline=PipelineConfig(batch_size=args.batch_size, fetch_actors=args.fetch_actors,
                                 scorer_actors=args.scorer_actors, with_cosine=args.with_cosine),
         address=args.address,
-        progress=sys.stderr.isatty(),
+        progress=args.verbose,
+        progress_line=ProgressLine(sys.stderr, terminal=sys.stderr.isatty() and not args.verbose,
+                                   every_s=args.progress_every),
     )
     try:
         if args.retry_errors:
@@ -156,6 +195,36 @@ def run_score(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}")
     print(f"stats: {summary.stats_file}")
     print(summary.format())
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report(args.output)}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .scored_output import parse_fraction
+
+    threshold = None if args.threshold is None else parse_fraction(args.threshold, "--threshold", 0, 1)
+    path = write_report(args.scored, args.output, thumbnails=0 if args.no_thumbnails else args.thumbnails,
+                        threshold=threshold, image_column=args.image_column, caption_column=args.caption_column)
+    print(f"wrote {path}")
+    return 0
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    from .filtering import filter_file
+    from .scored_output import parse_fraction
+
+    result = filter_file(
+        args.scored, args.output, model=args.model, keep_errors=args.keep_errors,
+        min_similarity=None if args.min_similarity is None else parse_fraction(
+            args.min_similarity, "--min-similarity", 0, 1),
+        keep_top=None if args.keep_top is None else parse_fraction(args.keep_top, "--keep-top", 0, 100),
+    )
+    print(f"wrote {args.output}")
+    print(result.format())
     return 0
 
 

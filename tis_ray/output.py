@@ -106,16 +106,21 @@ def stats_path(output_path: str) -> str:
 
 
 def write_stats(output_path: str, stats: dict) -> str:
-    """``<output>.stats.json``, written whole (renamed locally, one upload to an object store)."""
-    path = storage.localize(stats_path(output_path))
+    """``<output>.stats.json``, written whole (see `write_whole`)."""
+    return write_whole(stats_path(output_path), json.dumps(stats, indent=2) + "\n")
+
+
+def write_whole(path: str, text: str) -> str:
+    """A small text file at `path` (local or object store), written whole: renamed into
+    place locally, one upload to an object store. Returns its local path or its URL."""
+    path = storage.localize(path)
 
     def dump(temp: str) -> None:
-        with open(temp, "w") as f:
-            json.dump(stats, f, indent=2)
-            f.write("\n")
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
 
     if storage.is_object_store(path):
-        staged = os.path.join(storage.staging_folder(path), f".tis-ray-stats-{os.getpid()}.json")
+        staged = os.path.join(storage.staging_folder(path), f".tis-ray-{os.getpid()}.tmp")
         dump(staged)
         storage.publish(staged, path)
     else:

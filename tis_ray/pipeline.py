@@ -11,7 +11,6 @@ import logging
 import os
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import yaml
 from ray.data import ActorPoolStrategy, Dataset
@@ -22,7 +21,7 @@ from .fetch_stage import FetchStage
 from .placement import (FETCH_CPUS, READ_CPUS, gpu_wait_message, launcher_capacity, plan_pools,
                         reachable_resources)
 from .preprocess import PreprocessSpec
-from .records import csv_read_options, input_format
+from .records import count_rows, csv_read_options, input_format
 from .score_stage import ScoreStage
 
 
@@ -41,10 +40,9 @@ LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
 
 def estimated_rows(path: str) -> int:
     """The input file's rows: a Parquet file's own count, or a CSV file's size over `INPUT_BYTES_PER_ROW`."""
-    filesystem, inner = storage.resolve(path)
     if input_format(path) == "parquet":
-        with filesystem.open_input_file(inner) as f:
-            return pq.ParquetFile(f).metadata.num_rows
+        return count_rows(path)
+    filesystem, inner = storage.resolve(path)
     return (filesystem.get_file_info(inner).size or 0) // INPUT_BYTES_PER_ROW
 
 

@@ -99,6 +99,19 @@ def input_schema(path: str, columns: list[str]) -> pa.Schema:
     return pa.schema([(name, pa.string()) for name in columns])
 
 
+def count_rows(path: str) -> int:
+    """The input's exact row count: a Parquet file's own, or a CSV read through once (one column kept)."""
+    filesystem, inner = storage.resolve(path)
+    with filesystem.open_input_file(inner) as f:
+        if input_format(path) == "parquet":
+            return pq.ParquetFile(f).metadata.num_rows
+        first = read_columns(path)[0]
+        reader = pacsv.open_csv(f, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                                convert_options=pacsv.ConvertOptions(include_columns=[first],
+                                                                     column_types={first: pa.string()}))
+        return sum(batch.num_rows for batch in reader)
+
+
 def csv_read_options(schema: pa.Schema) -> tuple[pacsv.ParseOptions, pacsv.ConvertOptions]:
     """How a CSV input is parsed: quoted fields may hold newlines, every cell stays the text written.
 
