@@ -446,3 +446,26 @@ def test_requests_identify_tis_ray():
 
     agent = FetchConfig().user_agent
     assert agent.startswith(f"tis-ray/{__version__} (+https://")
+
+
+def test_a_batch_job_reports_opted_out_rows_and_counts_them(local_ray, tiny_model, image_server, tmp_path):
+    """Batch honours the opt-out too: the row is kept, with its kind, and the stats file counts it."""
+    from jobs import assert_stats_add_up, read_output
+    from tis_ray import score_file
+    from tis_ray.config import ModelConfig
+
+    server = HeldBodyServer([("X-Robots-Tag", "noai")])
+    try:
+        source = tmp_path / "pairs.csv"
+        source.write_text(f"image_url,caption\n{server.url('x.jpg')},a cat\n"
+                          f"{image_server.url('photo/chelsea.jpg')},a cat\n")
+        out = tmp_path / "scored.csv"
+        score_file(str(source), str(out), model=ModelConfig(model=tiny_model, device="cpu", dtype="float32"),
+                   fetch=FetchConfig(timeout_s=5, retries=0), progress=False)
+        errors_out = read_output(out).column("error").to_pylist()
+        assert errors_out[0] == "opted_out: X-Robots-Tag: noai" and not errors_out[1]
+        assert server.body_bytes_sent == 0
+        stats = assert_stats_add_up(out, 2)
+        assert stats["errors_by_kind"] == {"opted_out": 1}
+    finally:
+        server.close()
