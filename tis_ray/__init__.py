@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 from .records import Record, ScoreResult  # noqa: E402
 
-__all__ = ["Record", "ScoreResult", "score_pairs", "score_dataset", "score_file", "rescore_errors", "__version__"]
+__all__ = ["Record", "ScoreResult", "Scorer", "score_pairs", "release_scorers", "score_dataset", "score_file",
+           "rescore_errors", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,4 +14,8 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in ("Scorer", "release_scorers"):
+        from . import session
+
+        return getattr(session, name)
     raise AttributeError(f"module 'tis_ray' has no attribute {name!r}")

@@ -163,25 +163,14 @@ def score_pairs(
     pipeline: PipelineConfig | None = None,
     address: str | None = None,
 ) -> Iterator[ScoreResult]:
-    """One `ScoreResult` per `Record`, in order. Relative paths resolve against the working folder."""
-    pairs = [r if isinstance(r, Record) else Record(*r) for r in records]
-    table = pa.table(
-        {"image": pa.array([p.image for p in pairs], pa.string()),
-         "caption": pa.array([p.caption for p in pairs], pa.string())}
-    )
-    model_cfg = ModelConfig(model=model, device=device, dtype=dtype)
-    pipeline = dataclasses.replace(pipeline or PipelineConfig(), with_cosine=True)
-    spec = load_preprocess_spec(model)  # a bad model fails here, before Ray starts
-    connect(address)
-    scored = _scored(records_from_table(table), "image", "caption", spec, model_cfg, fetch, pipeline, os.getcwd(),
-                     len(pairs))
-    return _results(scored, pairs)
+    """One `ScoreResult` per `Record`, in order. Relative paths resolve against the working folder.
 
+    The scorer stays warm for the next call with the same settings (see `session`); a call
+    with other settings replaces it, and `release_scorers()` frees it.
+    """
+    from .session import warm_scorer
 
-def _results(scored: Dataset, pairs: list[Record]) -> Iterator[ScoreResult]:
-    rows = scored.iter_rows()
-    for pair, row in zip(pairs, rows, strict=True):
-        yield ScoreResult(pair.image, pair.caption, row["similarity"], row["cosine"], row["error"])
+    return warm_scorer(model, device, dtype, fetch, address).score_pairs(records, pipeline=pipeline)
 
 
 def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir, rows=None) -> Dataset:

@@ -33,12 +33,20 @@ class FetchStage:
         self.loop = None  # the event loop Ray runs this actor's calls on
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        return await self.prepare(batch, self.base_dir)
+
+    async def prepare(self, batch: pa.Table, base_dir: str) -> pa.Table:
+        """`batch` with its pixels and row errors; relative paths resolve against `base_dir`.
+
+        A warm scorer (`warm`) calls this with each call's own folder: one actor serves
+        calls made from different working folders.
+        """
         self.loop = asyncio.get_running_loop()
         refs = batch.column(self.image_column).to_pylist()
         # A row without a caption fails whatever its image, so its image is not fetched.
         caption_errors = [_caption_error(c) for c in batch.column(self.caption_column).to_pylist()]
         distinct = list(dict.fromkeys(ref for ref, error in zip(refs, caption_errors) if error is None))
-        outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref) for ref in distinct))))
+        outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref, base_dir) for ref in distinct))))
         height, width = self.spec.output_size
         pixels = np.zeros((len(refs), height, width, 3), dtype=np.uint8)
         errors: list[str | None] = []
@@ -60,9 +68,9 @@ class FetchStage:
         if not _runs_on(self.loop):  # waiting on the loop's own thread would block the close
             closing.result(timeout=2)
 
-    async def _prepare(self, ref) -> np.ndarray | RowError:
+    async def _prepare(self, ref, base_dir: str) -> np.ndarray | RowError:
         try:
-            return await self.preparer.from_source(classify_image_ref(ref, self.base_dir))
+            return await self.preparer.from_source(classify_image_ref(ref, base_dir))
         except RowError as error:
             return error
         except Exception as exc:  # noqa: BLE001 - hostile input must cost one row, not the job
