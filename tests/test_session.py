@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+import ray
 
 from reference import reference_similarities, tolerance
 from tis_ray import Record, Scorer, release_scorers, score_pairs
@@ -100,6 +101,13 @@ def test_bad_input_in_one_call_does_not_poison_the_next(local_ray, tiny_model, i
     after = list(score_pairs(good, model=tiny_model, fetch=FAST_FETCH, **CPU))
     assert scores(after) == scores(before) and all(r.ok for r in after)
     assert warm_scorer(tiny_model, "cpu", "float32", FAST_FETCH, None).info().pid == pid
+
+
+def test_a_scorer_that_cannot_start_raises_and_is_not_kept(local_ray, tiny_model, photos):
+    with pytest.raises(ray.exceptions.RayActorError, match="float16 is for CUDA"):
+        list(score_pairs([(str(photos["coffee"]), "coffee")], model=tiny_model, device="cpu", dtype="float16"))
+    [result] = score_pairs([(str(photos["coffee"]), "coffee")], model=tiny_model, **CPU)
+    assert result.ok
 
 
 def test_a_settings_change_gets_a_new_scorer_and_release_frees_it(local_ray, tiny_model, photos):

@@ -11,6 +11,7 @@ frees it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -23,7 +24,7 @@ from .api import connect
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
 from .loading import load_preprocess_spec
 from .pipeline import add_scores, cluster_capacity, records_from_table
-from .placement import plan_pools
+from .placement import gpu_wait_message, plan_pools
 from .records import Record, ScoreResult
 from .warm import CAPTION, IMAGE, ScorerInfo, WarmScorer, pairs_table
 
@@ -56,6 +57,8 @@ class Scorer:
         self.ray_node = ray.get_runtime_context().get_node_id()
         now = ray.cluster_resources()
         plan = plan_pools(self.model, PipelineConfig(scorer_actors=1), cluster_capacity(now), up_now=now, rows=1)
+        if warning := gpu_wait_message(plan, now):
+            logging.getLogger(__name__).warning(warning)
         # A crash (a worker killed for memory, a native decoder's fault) costs the call it
         # happened in, not the session: Ray starts the actor again and the model reloads.
         actor_class = ray.remote(WarmScorer).options(num_cpus=0, num_gpus=plan.scorer_gpus, max_restarts=-1)
