@@ -71,9 +71,11 @@ def test_later_calls_reuse_the_actor_and_equal_the_pipeline(local_ray, tiny_mode
     assert scores(later) == scores(first)
     assert [error_kind(r.error) for r in first] == [kind for _, kind in cases]
     assert [(r.image, r.caption) for r in first] == [(r.image, r.caption) for r in records]
-    # Over `direct_max_pairs` the same session streams through the batch pipeline.
-    with Scorer(tiny_model, fetch=FAST_FETCH, direct_max_pairs=2, **CPU) as through_pipeline:
+    # Over `direct_max_pairs` a session streams through the batch pipeline, and one not
+    # started yet does not start its actor for that.
+    with Scorer(tiny_model, fetch=FAST_FETCH, direct_max_pairs=2, start=False, **CPU) as through_pipeline:
         piped = list(through_pipeline.score_pairs(records))
+        assert through_pipeline.actor_id is None
     assert [r.error for r in piped] == [r.error for r in first]
     for warm, pipe in zip(first, piped):
         if warm.ok:

@@ -43,18 +43,27 @@ class Scorer:
     The actor asks Ray for no CPU (it is idle between calls, and a job started meanwhile
     in the same Ray must still find its cores) and, where the model runs on a GPU, for
     one GPU, which it holds until `close`. It ends with `close`, the ``with`` block, or
-    the process that made it.
+    the process that made it. ``start=False`` starts it on the first short call instead
+    of now, so a session whose calls are all long never loads a model it does not use.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
                  fetch: FetchConfig | None = None, address: str | None = None,
-                 direct_max_pairs: int = DIRECT_MAX_PAIRS):
+                 direct_max_pairs: int = DIRECT_MAX_PAIRS, start: bool = True):
         self.model = ModelConfig(model=model, device=device, dtype=dtype)
         self.fetch = fetch or FetchConfig()
         self.direct_max_pairs = direct_max_pairs
         self.spec = load_preprocess_spec(model)  # a bad model fails here, before Ray starts
         connect(address)
         self.ray_node = ray.get_runtime_context().get_node_id()
+        self._actor = None
+        self._closed = False
+        self.actor_id: str | None = None
+        self.runtime: str | None = None  # "device/dtype", once started
+        if start:
+            self._start()
+
+    def _start(self) -> None:
         now = ray.cluster_resources()
         plan = plan_pools(self.model, PipelineConfig(scorer_actors=1), cluster_capacity(now), up_now=now, rows=1)
         if warning := gpu_wait_message(plan, now):
@@ -62,18 +71,17 @@ class Scorer:
         # A crash (a worker killed for memory, a native decoder's fault) costs the call it
         # happened in, not the session: Ray starts the actor again and the model reloads.
         actor_class = ray.remote(WarmScorer).options(num_cpus=0, num_gpus=plan.scorer_gpus, max_restarts=-1)
-        self._actor = actor_class.remote(self.model, self.fetch, self.spec)
+        actor = actor_class.remote(self.model, self.fetch, self.spec)
         try:
-            self.runtime = self.info().runtime  # returns once the model is loaded
+            self.runtime = ray.get(actor.describe.remote()).runtime  # returns once the model is loaded
         except BaseException:
-            ray.kill(self._actor)
+            ray.kill(actor)
             raise
-        self.actor_id = self._actor._actor_id.hex()
+        self._actor, self.actor_id = actor, actor._actor_id.hex()
 
     def info(self) -> ScorerInfo:
-        """The actor's process and where its model runs."""
-        self._check_open()
-        return ray.get(self._actor.describe.remote())
+        """The actor's process and where its model runs (starting it if it is not yet)."""
+        return ray.get(self._warm_actor().describe.remote())
 
     def score_pairs(self, records: Iterable[Record | tuple[str, str]], *,
                     pipeline: PipelineConfig | None = None) -> Iterator[ScoreResult]:
@@ -89,12 +97,18 @@ class Scorer:
         pipeline = dataclasses.replace(pipeline or PipelineConfig(), with_cosine=True)
         table = pairs_table([p.image for p in pairs], [p.caption for p in pairs])
         if len(pairs) <= self.direct_max_pairs:
-            scored = ray.get(self._actor.score.remote(table, os.getcwd(), pipeline.batch_size))
+            scored = ray.get(self._warm_actor().score.remote(table, os.getcwd(), pipeline.batch_size))
             return _results(scored.to_pylist(), pairs)
         return _results(self._through_pipeline(table, pipeline).iter_rows(), pairs)
 
+    def _warm_actor(self):
+        self._check_open()
+        if self._actor is None:
+            self._start()
+        return self._actor
+
     def _through_pipeline(self, table: pa.Table, pipeline: PipelineConfig) -> Dataset:
-        if self.runtime.startswith("cuda") and pipeline.scorer_actors is None:
+        if self.runtime is not None and self.runtime.startswith("cuda") and pipeline.scorer_actors is None:
             # This session's actor holds a GPU, which the pipeline's pool would wait for.
             free = int(ray.available_resources().get("GPU", 0))
             pipeline = dataclasses.replace(pipeline, scorer_actors=max(1, free))
@@ -107,10 +121,11 @@ class Scorer:
         if self._actor is not None and self._alive():
             ray.kill(self._actor)
         self._actor = None
+        self._closed = True
 
     @property
     def closed(self) -> bool:
-        return self._actor is None or not self._alive()
+        return self._closed or not self._alive()
 
     def _alive(self) -> bool:
         """False once Ray was shut down or restarted under it (its actor went with that Ray)."""
@@ -149,7 +164,8 @@ def warm_scorer(model: str, device: str, dtype: str, fetch: FetchConfig | None, 
             _warm[1].close()
             _warm = None
         if _warm is None:
-            _warm = (key, Scorer(model, device=device, dtype=dtype, fetch=fetch, address=address))
+            # Started by its first short call: a process whose calls are all long never loads it.
+            _warm = (key, Scorer(model, device=device, dtype=dtype, fetch=fetch, address=address, start=False))
         return _warm[1]
 
 
