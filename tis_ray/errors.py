@@ -21,6 +21,7 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 EMPTY_CAPTION = "empty_caption"
 MISSING_IMAGE = "missing_image"
 BLOCKED_ADDRESS = "blocked_address"
+BAD_SHARD = "bad_shard"  # a WebDataset shard cut short inside the sample, or not a tar file at all
 INTERNAL_ERROR = "internal_error"  # a bug in tis-ray or a library; the row is kept and reported
 
 
