@@ -16,6 +16,7 @@ import pyarrow as pa
 import ray
 from ray.data import DataContext, Dataset
 
+from . import storage
 from .checkpoint import Checkpoint
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
 from .job_input import ShardInput, TableInput, check_input
@@ -223,7 +224,9 @@ class _FileJob:
     def check(cls, input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix="",
               keep_json_fields=()) -> _FileJob:
         fetch, results = fetch or FetchConfig(), ResultColumns(prefix)
-        source = check_input(input_path, image_column, caption_column, keep_json_fields, results, fetch.max_bytes)
+        csv_output = storage.without_query(output_path).lower().endswith(".csv")
+        source = check_input(input_path, image_column, caption_column, keep_json_fields, results, fetch.max_bytes,
+                             csv_output)
         check_output_path(output_path)
         model = model or ModelConfig()
         spec = load_preprocess_spec(model.model)  # a bad model fails here, before Ray starts

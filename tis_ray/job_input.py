@@ -79,8 +79,12 @@ class ShardInput:
 
 
 def check_input(path: str, image_column: str | None, caption_column: str | None,
-                keep_json_fields: tuple[str, ...], results: ResultColumns, max_bytes: int) -> TableInput | ShardInput:
-    """The input as a job will read it, or `InputError` with one line saying what is wrong."""
+                keep_json_fields: tuple[str, ...], results: ResultColumns, max_bytes: int,
+                csv_output: bool) -> TableInput | ShardInput:
+    """The input as a job will read it, or `InputError` with one line saying what is wrong.
+
+    An input whose image column holds bytes keeps that column in the output, as every
+    input column is kept: only Parquet can hold it, so a CSV output is refused."""
     if is_shard_input(path):
         layout = SampleLayout.of(image_column, caption_column, tuple(keep_json_fields), max_bytes)
         check_result_names(output_schema(layout).names, results)
@@ -89,6 +93,9 @@ def check_input(path: str, image_column: str | None, caption_column: str | None,
         raise InputError("--keep-json-fields is for WebDataset shards (.tar); a table keeps all its columns")
     columns = read_columns(path)
     schema = input_schema(path, columns)
-    image, caption = pick_columns(columns, image_column, caption_column, results=results,
-                                  bytes_columns=image_bytes_columns(schema))
+    holding = image_bytes_columns(schema)
+    image, caption = pick_columns(columns, image_column, caption_column, results=results, bytes_columns=holding)
+    if holding and csv_output:
+        raise InputError(f"the input's column(s) {', '.join(sorted(holding))} hold image bytes, which a CSV "
+                         "output cannot keep; name the output .parquet")
     return TableInput(path, schema, image, caption)
