@@ -238,7 +238,7 @@ class _FileJob:
         return {
             "image_column": self.source.image_column, "caption_column": self.source.caption_column,
             "prefix": self.results.prefix,
-            **({"shard_layout": dataclasses.asdict(layout)} if layout else {}),
+            **({"shard_layout": _as_json(dataclasses.asdict(layout))} if layout else {}),
             "model": self.model.model, "device": self.model.device, "dtype": self.model.dtype,
             "with_cosine": self.pipeline.with_cosine, "timeout_s": self.fetch.timeout_s,
             "retries": self.fetch.retries, "max_bytes": self.fetch.max_bytes,
@@ -276,6 +276,11 @@ def _write_output(tables: Iterable[pa.Table], job: _FileJob, output_path: str, s
 
     for _ in write_atomically(counted(), output_path, job.output_schema()):
         pass
+
+
+def _as_json(settings: dict) -> dict:
+    """Settings as the checkpoint's manifest gives them back (tuples are JSON lists)."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 
 def _unknown_runtime(table: pa.Table) -> pa.Table:
