@@ -85,7 +85,7 @@ def list_shards(spec: str) -> list[Shard]:
 
 def _matching(pattern: str) -> list[Shard]:
     folder, name = _split(pattern)
-    if _WILDCARDS & set(folder):
+    if _WILDCARDS & set(urlsplit(folder).path if storage.is_object_store(folder) else folder):
         raise InputError(f"{pattern}: wildcards are allowed in the shard's file name only")
     if _WILDCARDS & set(name):
         return [_shard(storage.join(folder, info.base_name), info) for info in _files_in(folder, pattern)
