@@ -234,11 +234,8 @@ class _FileJob:
 
     def settings(self) -> dict:
         """The settings that change results: a checkpoint is resumed only with the same ones."""
-        layout = getattr(self.source, "layout", None)
         return {
-            "image_column": self.source.image_column, "caption_column": self.source.caption_column,
-            "prefix": self.results.prefix,
-            **({"shard_layout": _as_json(dataclasses.asdict(layout))} if layout else {}),
+            **self.source.settings(), "prefix": self.results.prefix,
             "model": self.model.model, "device": self.model.device, "dtype": self.model.dtype,
             "with_cosine": self.pipeline.with_cosine, "timeout_s": self.fetch.timeout_s,
             "retries": self.fetch.retries, "max_bytes": self.fetch.max_bytes,
@@ -276,11 +273,6 @@ def _write_output(tables: Iterable[pa.Table], job: _FileJob, output_path: str, s
 
     for _ in write_atomically(counted(), output_path, job.output_schema()):
         pass
-
-
-def _as_json(settings: dict) -> dict:
-    """Settings as the checkpoint's manifest gives them back (tuples are JSON lists)."""
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 
 def _unknown_runtime(table: pa.Table) -> pa.Table:

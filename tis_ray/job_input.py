@@ -7,7 +7,7 @@ many rows to expect, and what a resume must find unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 from ray.data import Dataset
@@ -35,6 +35,9 @@ class TableInput:
 
     def read(self) -> Dataset:
         return read_records(self.path, self.schema)
+
+    def settings(self) -> dict:
+        return {"image_column": self.image_column, "caption_column": self.caption_column}
 
     def rows(self) -> int:
         return estimated_rows(self.path)
@@ -64,6 +67,11 @@ class ShardInput:
 
     def read(self) -> Dataset:
         return read_shards(list(self.shards), self.layout)
+
+    def settings(self) -> dict:
+        """The layout decides what each row holds; as the checkpoint's manifest gives it back (tuples are lists)."""
+        layout = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self.layout).items()}
+        return {"image_column": self.image_column, "caption_column": self.caption_column, "shard_layout": layout}
 
     def rows(self) -> int:
         return estimated_shard_samples(list(self.shards))
