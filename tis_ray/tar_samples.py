@@ -97,7 +97,7 @@ def split_name(name: str) -> tuple[str, str] | None:
 def read_samples(stream: IO[bytes], layout: SampleLayout) -> Iterator[Sample]:
     """Every sample of a tar stream, in order; read sequentially, one entry in memory at a time."""
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|")
+        tar = tarfile.open(fileobj=stream, mode="r|*")  # plain, or compressed as a whole
     except (tarfile.TarError, EOFError) as exc:
         yield Sample(None, error=str(RowError(BAD_SHARD, f"not a readable tar file: {exc}")))
         return
