@@ -16,7 +16,8 @@ from tis_ray.api import connect, score_file
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 
 
-def run(input_path: str, out_dir: Path, model: str, dtype: str, batch_size: int, reduced_decode: bool) -> dict:
+def run(input_path: str | Path, out_dir: Path, model: str, dtype: str, batch_size: int, reduced_decode: bool) -> dict:
+    input_path = str(input_path)  # a CSV, or a brace pattern of shards
     started = time.perf_counter()
     connect("local")
     ray_start = time.perf_counter() - started
