@@ -11,7 +11,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from jobs import read_output
+from job_rows import read_scored_csv
 from tis_ray.errors import error_kind
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def batch_pipeline_output(rows, tmp_path, model: str) -> pa.Table:
     score_file(str(tmp_path / "pairs.csv"), str(tmp_path / "pairs.scored.csv"), progress=False,
                model=ModelConfig(model=model, device="cpu", dtype="float32"),
                pipeline=PipelineConfig(with_cosine=True))
-    return read_output(tmp_path / "pairs.scored.csv")
+    return read_scored_csv(tmp_path / "pairs.scored.csv")
 
 
 def test_with_scores_matches_the_batch_pipeline_and_failures_cost_only_their_row(
