@@ -13,6 +13,7 @@ that cannot be scored gets its error; it never fails the task.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import functools
 import os
@@ -103,6 +104,11 @@ class _Worker:
         self.loop = asyncio.new_event_loop()
         self.fetch = FetchStage(job.image_column, job.caption_column, job.base_dir, job.fetch, job.spec)
         self.scorer = ScoreStage(job.caption_column, job.model, job.with_cosine)
+        atexit.register(self.close)  # the worker ends with the Spark application: close its connections
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.fetch.preparer.close())
+        self.loop.close()
 
     def score(self, table: pa.Table) -> pa.Table:
         fetched = self.loop.run_until_complete(self.fetch(table))
