@@ -19,4 +19,5 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtraError(f"{what} needs {module}, from the {extra!r} extra: pip install 'tis-ray[{extra}]'") from None
+        raise MissingExtraError(
+            f"{what} needs {module}, from the {extra!r} extra: pip install 'tis-ray[{extra}]'") from None
