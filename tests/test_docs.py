@@ -80,3 +80,27 @@ def test_the_error_kind_table_is_the_codes_list():
 def test_defaults_quoted_in_the_readme_are_the_codes(phrase):
     flat = " ".join(README.split())
     assert " ".join(phrase.split()) in flat, phrase
+
+
+def test_the_benchmark_figures_are_rendered_from_the_recorded_run(tmp_path):
+    """docs/benchmarks.md's generated section is exactly what scripts/bench.py renders from
+    docs/benchmarks.json: no figure there was typed by hand (hand-written notes elsewhere in the
+    file mark their one-off probes as such)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from benchkit import report
+
+    heading, end = "## Results of one run", "\n## "
+    committed = (REPO / "docs" / "benchmarks.md").read_text()
+    rendered_doc = tmp_path / "benchmarks.md"
+    rendered_doc.write_text(committed)
+    results = json.loads((REPO / "docs" / "benchmarks.json").read_text())
+    report.write(results, rendered_doc, tmp_path / "images")  # plots beside it, as docs/images is
+
+    def section(text: str) -> str:
+        start = text.index(heading)
+        return text[start:text.index(end, start + 1)]
+
+    assert section(committed) == section(rendered_doc.read_text())
