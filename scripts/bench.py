@@ -1,6 +1,8 @@
 """Side-by-side benchmark: model only (a), the challenge baseline (b) and tis-ray (c).
 
-Also (d), fetch + decode alone, whose CPU cost per image the capacity plan uses.
+Also (d), fetch + decode alone, whose CPU cost per image the capacity plan uses, and
+(c) again with another input kind: the same images as WebDataset shards, where
+decoding is the only CPU cost left before the model.
 
 One command, one run, the same generated workload for every contender:
 
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or build_model(args.arch, cache)
     sizes = sorted({args.pairs, *args.sweep})
     workload = build(WorkloadSpec(pairs=max(sizes), repeat_share=args.repeat_share), cache)
-    results: dict = {"machine": machine(), "settings": settings(args, model), "runs": [], "sweep": [], "levers": []}
+    results: dict = {"machine": machine(), "settings": settings(args, model), "runs": [], "sweep": [], "levers": [],
+                     "input_kinds": []}
     with tempfile.TemporaryDirectory(prefix="tis-bench-") as tmp:
         work = Path(tmp)
         for latency in args.latency_ms:
@@ -62,12 +65,17 @@ def main(argv: list[str] | None = None) -> int:
                     for name, label, overrides in lever_variants(args):
                         result = contender(name, args, model, workload, args.pairs, csv, work, **overrides)
                         results["levers"].append({"lever": label, "latency_ms": latency, **result})
+        shards = prefix(workload, args.pairs).shards_in(work / "shards")
+        for round_ in range(args.runs):  # no network: measured once per round, like (a)
+            result = contender("tis_ray", args, model, workload, args.pairs, None, work, input=shards)
+            results["input_kinds"].append({"input_kind": "webdataset", "round": round_, **result})
         results["accuracy"] = contender("accuracy", args, model, workload, args.pairs, None, work)["rows"]
     results["seconds"] = time.time() - started
     report.write(results, Path(args.out), Path(args.plots))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(without_bulk(results), indent=1))
     print(report.summary_table(results))
+    print(report.input_kind_table(results))
     print(f"wrote {args.json}, {args.out}, plots in {args.plots}")
     return 0
 
@@ -151,7 +159,7 @@ def run_contender(job: dict) -> int:
         result = baseline.run(urls, captions, job["model"])
     elif job["name"] == "tis_ray":
         from benchkit import pipeline_run
-        result = pipeline_run.run(Path(job["csv"]), Path(job["work"]), job["model"], job["dtype"],
+        result = pipeline_run.run(job.get("input") or job["csv"], Path(job["work"]), job["model"], job["dtype"],
                                   job["batch_size"], job["reduced_decode"])
     else:
         from benchkit import accuracy
@@ -162,7 +170,7 @@ def run_contender(job: dict) -> int:
 
 def without_bulk(results: dict) -> dict:
     """Per-row cosines only where the report compares them (round 1); the rest would be megabytes."""
-    for result in results["runs"] + results["sweep"] + results["levers"]:
+    for result in results["runs"] + results["sweep"] + results["levers"] + results["input_kinds"]:
         if result.get("round") != 0:
             result.pop("cosine", None)
     return results

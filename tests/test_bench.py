@@ -45,6 +45,8 @@ def test_bench_quick_measures_every_contender_and_writes_the_report(tmp_path):
         ("tis_ray", "float32 instead of the fast dtype"), ("tis_ray", "whole-image decode"),
         ("fetch_decode", "whole-image decode")}
     assert all(r["cpu_seconds"] > 0 for r in report["runs"] + report["levers"] if r["name"] == "fetch_decode")
+    # the input-kind dimension: the same pairs read from WebDataset shards, every one scored
+    assert [(r["input_kind"], r["scored"]) for r in report["input_kinds"]] == [("webdataset", pairs)]
     tis_ray_runs = [r for r in report["runs"] if r["name"] == "tis_ray"]
     assert all(r["memory"]["ray_mb"] > 0 for r in tis_ray_runs)  # the Ray workers were measured too
 
@@ -58,6 +60,7 @@ def test_bench_quick_measures_every_contender_and_writes_the_report(tmp_path):
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nHand-written notes stay.") and text.endswith("## Notes\n\nEnd.\n")
     assert "old" not in text and "| 0 ms | " in text and "| 20 ms | " in text
+    assert "| WebDataset shards (.tar) | " in text and "| URLs on 127.0.0.1 (0 ms) | " in text
     for name in ("throughput-vs-latency.png", "throughput-memory-vs-pairs.png"):
         with Image.open(plots / name) as image:
             assert image.format == "PNG" and image.width > 300

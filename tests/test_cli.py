@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import random
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
 from jobs import assert_stats_add_up, read_output, run_cli
+from shard_files import good_shard
 from reference import reference_similarities, tolerance
 from tis_ray.errors import error_kind
 
@@ -33,6 +36,28 @@ def test_missing_column_is_one_clear_line(tmp_path):
     _one_line_error(run_cli("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"),
                             "--image-column", "picture", "--caption-column", "alt"),
                     "no caption column 'alt'")
+
+
+def test_an_input_with_our_result_columns_is_refused_naming_prefix(tmp_path):
+    pq.write_table(pa.table({"URL": ["a.jpg"], "TEXT": ["a cat"], "similarity": [0.3]}), tmp_path / "laion.parquet")
+    _one_line_error(run_cli("score", str(tmp_path / "laion.parquet"), "-o", str(tmp_path / "o.parquet")),
+                    "result column(s) similarity", "--prefix")
+
+
+def test_shards_by_brace_notation(tmp_path, tiny_model, photos, local_ray):
+    """The issue's acceptance command: `tis-ray score 'shards/{00000..00002}.tar' -o out.parquet`."""
+    (tmp_path / "shards").mkdir()
+    expected = [e for i in range(3) for e in good_shard(tmp_path / "shards" / f"{i:05d}.tar", i, 4, photos)]
+    out = tmp_path / "out.parquet"
+    env = {"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address, "TIS_MODEL": tiny_model}
+    result = run_cli("score", str(tmp_path / "shards" / "{00000..00002}.tar"), "-o", str(out), "--device", "cpu",
+                     "--keep-json-fields", "width", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pq.read_table(out)
+    assert table.column_names == ["__key__", "__url__", "width", "similarity", "error"]
+    assert table.column("__key__").to_pylist() == [e.key for e in expected]
+    assert table.column("error").null_count == len(expected)
+    assert_stats_add_up(out, len(expected))
 
 
 def test_unreachable_hub_model_says_how_to_run_offline(tmp_path):

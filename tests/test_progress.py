@@ -18,7 +18,7 @@ LINE = re.compile(r"tis-ray: ([\d,]+)/([\d,?]+) rows.*? \| errors ([\d,]+)(?: \(
 
 
 def _env(tiny_model, local_ray) -> dict:
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "TIS_MODEL": tiny_model,
+    return {**os.environ, "TIS_MODEL": tiny_model,
             "RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
 
 

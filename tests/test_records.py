@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from tis_ray import errors
 from tis_ray.errors import RowError
-from tis_ray.records import InputError, check_caption, input_format, pick_columns, read_columns
+from tis_ray.records import (InputError, ResultColumns, check_caption, image_bytes_columns, input_format,
+                             pick_columns, read_columns)
 
 # --- read_columns -----------------------------------------------------------
 
@@ -191,6 +192,45 @@ def test_same_column_twice():
         pick_columns(["image_url", "caption"], image_column="caption")
     with pytest.raises(InputError, match=r"same column 'url'"):
         pick_columns(["url", "caption"], caption_column="url")
+
+
+@pytest.mark.parametrize(("columns", "expected"), [
+    (["SAMPLE_ID", "URL", "TEXT", "HEIGHT", "WIDTH", "LICENSE", "NSFW"], ("URL", "TEXT")),  # LAION
+    (["uid", "url", "text", "original_width"], ("url", "text")),  # DataComp
+    (["id", "url", "text", "clip_similarity_vitb32"], ("url", "text")),  # COYO
+    (["Image_URL", "Caption", "url"], ("Image_URL", "Caption")),  # candidates in their order, in any case
+    (["URL", "url", "Text", "text"], ("url", "text")),  # the same spelling first
+])
+def test_public_layouts_are_found_in_any_case(columns, expected):
+    assert pick_columns(columns) == expected
+
+
+def test_a_name_in_two_cases_is_refused_with_the_flag():
+    with pytest.raises(InputError, match=r"several columns named 'url' in different cases \(Url, URL\).*--image-column"):
+        pick_columns(["Url", "URL", "caption"])
+
+
+def test_a_column_of_image_bytes_wins_over_a_column_of_urls():
+    schema = pa.schema([("url", pa.string()), ("caption", pa.string()), ("jpg", pa.binary()),
+                        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                        ("tags", pa.list_(pa.string()))])
+    held = image_bytes_columns(schema)
+    assert held == {"jpg", "image"}
+    assert pick_columns(schema.names, bytes_columns=held) == ("image", "caption")  # HF's name first
+    assert pick_columns(["url", "caption", "jpg"], bytes_columns={"jpg"}) == ("jpg", "caption")  # img2dataset
+    assert pick_columns(["url", "caption", "jpg"], image_column="url", bytes_columns={"jpg"}) == ("url", "caption")
+
+
+def test_prefix_names_the_results_apart_and_the_refusal_names_it():
+    laion = ["SAMPLE_ID", "URL", "TEXT", "similarity"]
+    with pytest.raises(InputError) as refused:
+        pick_columns(laion)
+    assert "--prefix" in str(refused.value) and "tis_similarity" in str(refused.value)
+    results = ResultColumns("tis_")
+    assert results.names == ("tis_similarity", "tis_cosine", "tis_error")
+    assert pick_columns(laion, results=results) == ("URL", "TEXT")
+    with pytest.raises(InputError, match=r"result column\(s\) tis_error"):
+        pick_columns([*laion, "tis_error"], results=results)
 
 
 # --- check_caption ----------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import os
 import time
 import urllib.error
@@ -337,3 +338,23 @@ def test_a_body_that_is_not_json_gets_415(service, content_type):
     ok = call(f"{service}/open/v1/score", raw=b'{"pairs": []}',
               headers={"Content-Type": "application/json; charset=utf-8"})
     assert ok[0] == 422  # past the type check: an empty list is the body's own fault
+
+
+def test_the_metric_names_in_the_readme_are_the_ones_ray_exports(service, ray_metrics_port):
+    """A Prometheus query written from README.md finds the series (earlier tests scored pairs,
+    failed some and batched them, so each has been recorded)."""
+    from conftest import REPO
+
+    documented = set(re.findall(r"`(ray_tis_[a-z_]+)`", (REPO / "README.md").read_text()))
+    assert {"ray_tis_pairs_scored_total", "ray_tis_pair_errors_total", "ray_tis_batch_size_count"} <= documented
+    deadline = time.monotonic() + 60
+    while True:  # Ray exports metrics every few seconds
+        exported = {name for name in documented  # a histogram's own name stands for its _bucket series
+                    if _prometheus_value(ray_metrics_port, name + "{")
+                    or _prometheus_value(ray_metrics_port, name + "_bucket{")}
+        if exported == documented or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert exported == documented
+    errors_by_kind = _prometheus_value(ray_metrics_port, "ray_tis_pair_errors_total{")
+    assert any('kind="blocked_address"' in key for key in errors_by_kind), errors_by_kind

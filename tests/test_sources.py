@@ -8,7 +8,7 @@ import pytest
 
 from tis_ray import errors
 from tis_ray.errors import RowError
-from tis_ray.sources import ImageSource, base_dir_of, classify_image_ref
+from tis_ray.sources import ImageSource, base_dir_of, checked_image_bytes, classify_image_ref, image_value
 
 BASE = os.path.abspath(os.sep + os.path.join("data", "inputs"))
 
@@ -151,3 +151,18 @@ def test_relative_path_through_base_dir_of(tmp_path):
 
 def test_relative_file_url_resolves_against_base_dir():
     assert classify_image_ref("file:img/x.jpg", BASE) == ImageSource("file", os.path.join(BASE, "img", "x.jpg"))
+
+
+def test_image_bytes_held_in_the_input():
+    """A binary cell or Hugging Face's {bytes, path} struct is the image itself; a struct without bytes names it."""
+    assert image_value(b"\xff\xd8") == b"\xff\xd8"
+    assert image_value({"bytes": b"\xff\xd8", "path": "0001.jpg"}) == b"\xff\xd8"
+    assert image_value({"bytes": None, "path": "images/0001.jpg"}) == "images/0001.jpg"
+    assert image_value("https://example.com/a.jpg") == "https://example.com/a.jpg"
+    assert checked_image_bytes(b"abc", max_bytes=3) == b"abc"
+    with pytest.raises(RowError) as big:
+        checked_image_bytes(b"abcd", max_bytes=3)
+    assert str(big.value) == "too_large: the image is 4 bytes, over the limit of 3"
+    with pytest.raises(RowError) as empty:
+        checked_image_bytes(b"", max_bytes=3)
+    assert empty.value.kind == errors.MISSING_IMAGE

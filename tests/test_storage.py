@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import free_port
 from job_rows import check_scored, read_scored_csv, sample_rows, write_pairs_csv
 from jobs import assert_stats_add_up
+from reference import reference_similarities, tolerance
+from shard_files import good_shard
 from tis_ray import errors, score_file, storage
 from tis_ray.config import FetchConfig, ModelConfig
 from tis_ray.errors import RowError
@@ -98,6 +101,26 @@ def test_s3_input_output_and_images(local_ray, s3, model, tiny_model, image_serv
         check_scored(read_scored_csv(scored), rows, tiny_model, photos)
     with fs.open_input_stream("photos/out/scored.csv.stats.json") as stats:
         assert json.loads(stats.read())["rows"] == len(rows)
+
+
+def test_s3_shards(local_ray, s3, model, tiny_model, photos, tmp_path):
+    """WebDataset shards in a bucket, named with brace notation, streamed by the read tasks."""
+    fs, url = s3
+    expected = []
+    for i in range(2):
+        expected += good_shard(tmp_path / f"{i:05d}.tar", i, 3, photos)
+        with fs.open_output_stream(f"photos/shards/{i:05d}.tar") as out:
+            out.write((tmp_path / f"{i:05d}.tar").read_bytes())
+    out = tmp_path / "scored.parquet"
+    score_file(url("shards/{00000..00001}.tar"), str(out), model=model, progress=False)
+    table = pq.read_table(out)
+    assert table.column("__key__").to_pylist() == [e.key for e in expected]
+    # the shard as a user names it: no credentials, no options
+    assert table.column("__url__").to_pylist() == [f"s3://photos/shards/{e.shard.name}" for e in expected]
+    want = reference_similarities(tiny_model, [photos[e.photo] for e in expected], [e.caption for e in expected])
+    for got, e, reference in zip(table.column("similarity").to_pylist(), expected, want):
+        assert abs(got - reference) <= tolerance(photos[e.photo])
+    assert_stats_add_up(out, len(expected))
 
 
 def test_s3_output_checks_the_bucket_before_any_work(s3):

@@ -16,16 +16,17 @@ import pyarrow as pa
 import ray
 from ray.data import DataContext, Dataset
 
-from .checkpoint import Checkpoint, JobIdentity
+from . import storage
+from .checkpoint import Checkpoint
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
+from .job_input import ShardInput, TableInput, check_input
 from .loading import load_preprocess_spec
 from .output import check_output_path, write_atomically, write_stats
-from .pipeline import add_scores, estimated_rows, read_records, records_from_table, skip_rows
+from .pipeline import add_scores, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
 from .progress import ProgressLine
-from .records import Record, ScoreResult, count_rows, input_schema, pick_columns, read_columns
+from .records import Record, ResultColumns, ScoreResult
 from .redo import inputs_of, merge, read_previous_output, retryable_rows
-from .sources import base_dir_of
 from .columns import RUNTIME, TRUNCATED
 from .summary import JobSummary
 
@@ -54,13 +55,14 @@ def score_dataset(
     fetch: FetchConfig | None = None,
     pipeline: PipelineConfig | None = None,
     base_dir: str | None = None,
+    prefix: str = "",
 ) -> Dataset:
-    """Add ``similarity``, ``error`` (and ``cosine`` if asked) to a Dataset, lazily, row order kept."""
+    """Add ``similarity``, ``error`` (and ``cosine`` if asked), each after `prefix`, to a Dataset,
+    lazily, row order kept. The image column may hold references or the images' bytes."""
     model = model or ModelConfig()
     spec = load_preprocess_spec(model.model)
-    return _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir).drop_columns(
-        [TRUNCATED, RUNTIME]
-    )
+    return _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir,
+                   results=ResultColumns(prefix)).drop_columns([TRUNCATED, RUNTIME])
 
 
 def score_file(
@@ -77,27 +79,35 @@ def score_file(
     resume: bool = False,
     checkpoint_every_s: float = 60.0,
     progress_line: ProgressLine | None = None,
+    prefix: str = "",
+    keep_json_fields: tuple[str, ...] = (),
 ) -> JobSummary:
-    """Score every row of a CSV or Parquet file into `output_path`; return the counts.
+    """Score every row of a CSV or Parquet file, or every sample of WebDataset shards, into `output_path`;
+    return the counts.
 
+    `input_path` is a table, or ``.tar`` shards: one, a folder, a glob or brace notation
+    (``shards/{00000..00099}.tar``); a shard input's output keeps each sample's
+    ``__key__``, its shard (``__url__``) and the json fields in `keep_json_fields`.
+    `prefix` names the result columns apart from input columns of the same name.
     Scored rows are kept in a checkpoint beside the output (see `checkpoint`) every
     ``checkpoint_every_s`` seconds; ``resume`` picks up one an interrupted run left.
     ``progress`` shows Ray Data's progress bars; without it only warnings are logged.
     ``progress_line`` is told of every result batch (rows done of the total, errors by kind).
     """
-    job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline)
-    summary = JobSummary(model=job.model.model)
-    identity = JobIdentity.of(input_path, job.settings())
+    job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix,
+                         keep_json_fields)
+    summary = JobSummary(model=job.model.model, error_column=job.results.error)
+    identity = job.source.identity(job.settings())
     checkpoint = Checkpoint.open(output_path, identity, resume=resume, every_s=checkpoint_every_s)
     summary.carried_over = checkpoint.rows_done
     connect(address)
     show_progress(progress)
-    ds = read_records(input_path, job.schema)
+    ds = job.source.read()
     if checkpoint.rows_done:
         ds = skip_rows(ds, checkpoint.rows_done)
-    rows_left = max(0, estimated_rows(input_path) - checkpoint.rows_done)
-    scored = job.scored(ds, base_dir_of(input_path), rows_left)
-    watched = _watched(scored, progress_line, lambda: count_rows(input_path), checkpoint.rows_done)
+    rows_left = max(0, job.source.rows() - checkpoint.rows_done)
+    scored = job.scored(ds, rows_left)
+    watched = _watched(scored, progress_line, job.source.count_rows, job.results.error, checkpoint.rows_done)
     try:
         for batch in watched:
             summary.arrived(batch.num_rows)
@@ -123,25 +133,32 @@ def rescore_errors(
     address: str | None = None,
     progress: bool = True,
     progress_line: ProgressLine | None = None,
+    prefix: str = "",
+    keep_json_fields: tuple[str, ...] = (),
 ) -> JobSummary:
     """Score again only the rows of `previous_output` that failed with a retryable kind.
 
     The new results replace those rows in place; every other row is copied as it was.
-    ``output_path`` may be `previous_output` itself (it is read whole first).
+    ``output_path`` may be `previous_output` itself (it is read whole first). Only a
+    fetch can fail in a retryable way: rows whose image the input holds (bytes, shards)
+    never do, so for them the previous output is checked and copied as it is.
     """
-    job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline)
-    summary = JobSummary(model=job.model.model)
-    previous = read_previous_output(previous_output, job.schema)
-    job = dataclasses.replace(job, pipeline=dataclasses.replace(job.pipeline,
-                                                                with_cosine="cosine" in previous.column_names))
-    rows = retryable_rows(previous)
+    job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix,
+                         keep_json_fields)
+    summary = JobSummary(model=job.model.model, error_column=job.results.error)
+    previous = read_previous_output(previous_output, job.source.schema, job.results)
+    job = dataclasses.replace(job, pipeline=dataclasses.replace(
+        job.pipeline, with_cosine=job.results.cosine in previous.column_names))
+    # A shard's output keeps no image to score again; its rows never fail in a retryable way anyway.
+    rows = [] if isinstance(job.source, ShardInput) else retryable_rows(previous, job.results)
     summary.carried_over = previous.num_rows - len(rows)
     rescored = job.empty_results()
     if rows:
         connect(address)
         show_progress(progress)
-        scored = job.scored(records_from_table(inputs_of(previous, rows)), base_dir_of(input_path), len(rows))
-        rescored = pa.concat_tables([rescored, *_watched(scored, progress_line, lambda: len(rows))],
+        scored = job.scored(records_from_table(inputs_of(previous, rows, job.results)), len(rows))
+        watched = _watched(scored, progress_line, lambda: len(rows), job.results.error)
+        rescored = pa.concat_tables([rescored, *watched],
                                     promote_options="permissive")
     carried = previous.filter(pa.array(np.isin(np.arange(previous.num_rows), rows, invert=True)))
     summary.add(_unknown_runtime(carried))
@@ -173,7 +190,8 @@ def score_pairs(
     return warm_scorer(model, device, dtype, fetch, address).score_pairs(records, pipeline=pipeline)
 
 
-def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir, rows=None) -> Dataset:
+def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir, rows=None,
+            results=ResultColumns()) -> Dataset:
     """`add_scores` with the defaults filled in; `rows`, where known, sizes the GPU pool."""
     return add_scores(
         ds,
@@ -185,35 +203,37 @@ def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base
         fetch=fetch or FetchConfig(),
         pipeline=pipeline or PipelineConfig(),
         rows=rows,
+        results=results,
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class _FileJob:
-    """A file job's checked inputs: columns, model, settings; everything a bad input fails on."""
+    """A file job's checked inputs: what it reads, model, settings; everything a bad input fails on."""
 
-    image_column: str
-    caption_column: str
-    schema: pa.Schema
+    source: TableInput | ShardInput
     spec: PreprocessSpec
     model: ModelConfig
     fetch: FetchConfig
     pipeline: PipelineConfig
+    results: ResultColumns
 
     @classmethod
-    def check(cls, input_path, output_path, image_column, caption_column, model, fetch, pipeline) -> _FileJob:
-        columns = read_columns(input_path)
-        image_column, caption_column = pick_columns(columns, image_column, caption_column)
+    def check(cls, input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix="",
+              keep_json_fields=()) -> _FileJob:
+        fetch, results = fetch or FetchConfig(), ResultColumns(prefix)
+        csv_output = storage.without_query(output_path).lower().endswith(".csv")
+        source = check_input(input_path, image_column, caption_column, keep_json_fields, results, fetch.max_bytes,
+                             csv_output)
         check_output_path(output_path)
         model = model or ModelConfig()
         spec = load_preprocess_spec(model.model)  # a bad model fails here, before Ray starts
-        return cls(image_column, caption_column, input_schema(input_path, columns), spec, model,
-                   fetch or FetchConfig(), pipeline or PipelineConfig())
+        return cls(source, spec, model, fetch, pipeline or PipelineConfig(), results)
 
     def settings(self) -> dict:
         """The settings that change results: a checkpoint is resumed only with the same ones."""
         return {
-            "image_column": self.image_column, "caption_column": self.caption_column,
+            **self.source.settings(), "prefix": self.results.prefix,
             "model": self.model.model, "device": self.model.device, "dtype": self.model.dtype,
             "with_cosine": self.pipeline.with_cosine, "timeout_s": self.fetch.timeout_s,
             "retries": self.fetch.retries, "max_bytes": self.fetch.max_bytes,
@@ -221,16 +241,18 @@ class _FileJob:
             "reduced_decode": self.fetch.reduced_decode, "honor_opt_out": self.fetch.honor_opt_out,
         }
 
-    def scored(self, ds: Dataset, base_dir: str, rows: int) -> Dataset:
-        return _scored(ds, self.image_column, self.caption_column, self.spec, self.model, self.fetch,
-                       self.pipeline, base_dir, rows)
+    def scored(self, ds: Dataset, rows: int) -> Dataset:
+        scored = _scored(ds, self.source.image_column, self.source.caption_column, self.spec, self.model,
+                         self.fetch, self.pipeline, self.source.base_dir, rows, self.results)
+        internal = list(self.source.internal_columns)
+        return scored.drop_columns(internal) if internal else scored
 
     def output_schema(self) -> pa.Schema:
-        fields = list(self.schema)
-        fields.append(pa.field("similarity", pa.float64()))
+        fields = list(self.source.schema)
+        fields.append(pa.field(self.results.similarity, pa.float64()))
         if self.pipeline.with_cosine:
-            fields.append(pa.field("cosine", pa.float64()))
-        fields.append(pa.field("error", pa.string()))
+            fields.append(pa.field(self.results.cosine, pa.float64()))
+        fields.append(pa.field(self.results.error, pa.string()))
         return pa.schema(fields)
 
     def empty_results(self) -> pa.Table:
@@ -251,13 +273,14 @@ def _write_output(tables: Iterable[pa.Table], job: _FileJob, output_path: str, s
         pass
 
 
-def _watched(scored: Dataset, progress_line: ProgressLine | None, count_total, done: int = 0) -> Iterator[pa.Table]:
+def _watched(scored: Dataset, progress_line: ProgressLine | None, count_total, error_column: str,
+             done: int = 0) -> Iterator[pa.Table]:
     """The result batches as they come, each shown to `progress_line` (which ends when they do)."""
     batches = scored.iter_batches(batch_format="pyarrow", batch_size=None)
     if progress_line is None:
         yield from batches
         return
-    progress_line.start(count_total, done)
+    progress_line.start(count_total, error_column, done)
     try:
         for batch in batches:
             progress_line.add(batch)

@@ -37,11 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tis-ray {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    score = commands.add_parser("score", help="score every row of a CSV or Parquet file")
-    score.add_argument("input", help="CSV or Parquet file with an image column and a caption column")
+    score = commands.add_parser("score", help="score every row of a CSV or Parquet file, or WebDataset shards")
+    score.add_argument("input", help="CSV or Parquet file with an image column and a caption column, or WebDataset "
+                                     ".tar shards: a file, a folder, a glob or braces ('shards/{00000..00099}.tar')")
     score.add_argument("-o", "--output", required=True, help="where to write results (.csv or .parquet)")
-    score.add_argument("--image-column", help="image column (default: first of image_url, url, image, image_path)")
-    score.add_argument("--caption-column", help="caption column (default: first of caption, text)")
+    score.add_argument("--image-column",
+                       help="image column (default: a bytes column image, jpg, jpeg, png, webp or img, else the "
+                            "first of image_url, url, image, image_path, in any case); for shards the image entry "
+                            "(default: the first of jpg, jpeg, png, webp a sample has)")
+    score.add_argument("--caption-column",
+                       help="caption column (default: first of caption, text, in any case); for shards the "
+                            "caption entry (default: txt) or a field of the json entry, as json.FIELD")
+    score.add_argument("--prefix", default="", metavar="P",
+                       help="name the result columns P+name (P+similarity, P+error, ...), for an input that "
+                            "already has columns named like them")
+    score.add_argument("--keep-json-fields", type=_names, default=(), metavar="F1,F2",
+                       help="for shards: the fields of each sample's json entry to keep in the output")
     _add_model_arguments(score)
     score.add_argument("--batch-size", type=_positive_int, default=PipelineConfig.batch_size, help="pairs per model call")
     score.add_argument("--fetch-concurrency", type=_positive_int, default=FetchConfig.max_in_flight,
@@ -159,6 +170,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def run_score(args: argparse.Namespace) -> int:
     from .api import rescore_errors, score_file  # imports Ray; keep `--help` fast
     from .checkpoint import checkpoint_dir
@@ -167,6 +182,8 @@ def run_score(args: argparse.Namespace) -> int:
     options = dict(
         image_column=args.image_column,
         caption_column=args.caption_column,
+        prefix=args.prefix,
+        keep_json_fields=args.keep_json_fields,
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
         fetch=FetchConfig(max_in_flight=args.fetch_concurrency, timeout_s=args.timeout, retries=args.retries,
                           reduced_decode=not args.full_decode, user_agent=args.user_agent,

@@ -22,6 +22,7 @@ EMPTY_CAPTION = "empty_caption"
 MISSING_IMAGE = "missing_image"
 BLOCKED_ADDRESS = "blocked_address"
 OPTED_OUT = "opted_out"  # the image's host said no AI use (X-Robots-Tag: noai, ...); see optout.py
+BAD_SHARD = "bad_shard"  # a WebDataset shard cut short inside the sample, or not a tar file at all
 INTERNAL_ERROR = "internal_error"  # a bug in tis-ray or a library; the row is kept and reported
 
 

@@ -1,7 +1,9 @@
 """The fetch stage: a thin async-actor adapter from Arrow batches to `ImagePreparer`.
 
-It prepares a batch's images concurrently and appends their pixels and any row error,
-so that the user's other columns pass through untouched. It imports neither torch nor
+It prepares a batch's images concurrently (fetched, or decoded from bytes the input
+holds) and appends their pixels and any row error, so that the user's other columns
+pass through untouched. The shard reader's internal columns (the sample's image bytes
+and its read error) are used here and dropped, so image bytes never travel on. It imports neither torch nor
 the model, which keeps each fetch actor's start-up and memory small.
 """
 
@@ -13,13 +15,13 @@ import numpy as np
 import pyarrow as pa
 from ray.data.extensions import ArrowTensorArray
 
-from .columns import FETCH_ERROR, PIXELS
+from .columns import FETCH_ERROR, IMAGE_BYTES, PIXELS, READ_ERROR
 from .config import FetchConfig
 from .errors import RowError
 from .prepare import ImagePreparer
 from .preprocess import PreprocessSpec
 from .records import check_caption
-from .sources import classify_image_ref
+from .sources import checked_image_bytes, classify_image_ref, image_value
 
 
 class FetchStage:
@@ -42,21 +44,25 @@ class FetchStage:
         calls made from different working folders.
         """
         self.loop = asyncio.get_running_loop()
-        refs = batch.column(self.image_column).to_pylist()
-        # A row without a caption fails whatever its image, so its image is not fetched.
-        caption_errors = [_caption_error(c) for c in batch.column(self.caption_column).to_pylist()]
-        distinct = list(dict.fromkeys(ref for ref, error in zip(refs, caption_errors) if error is None))
+        refs = [image_value(cell) for cell in batch.column(self.image_column).to_pylist()]
+        # A row without a caption fails whatever its image, so its image is not fetched;
+        # so does a WebDataset sample the reader could not read whole.
+        early_errors = [_caption_error(c) for c in batch.column(self.caption_column).to_pylist()]
+        if READ_ERROR in batch.column_names:
+            early_errors = [_read_error(r) or e for r, e in zip(batch.column(READ_ERROR).to_pylist(), early_errors)]
+        distinct = list(dict.fromkeys(ref for ref, error in zip(refs, early_errors) if error is None))
         outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref, base_dir) for ref in distinct))))
         height, width = self.spec.output_size
         pixels = np.zeros((len(refs), height, width, 3), dtype=np.uint8)
         errors: list[str | None] = []
         for row, ref in enumerate(refs):
-            outcome = caption_errors[row] or outcomes[ref]
+            outcome = early_errors[row] or outcomes[ref]
             if isinstance(outcome, RowError):
                 errors.append(str(outcome))
             else:
                 pixels[row] = outcome
                 errors.append(None)
+        batch = batch.drop_columns([c for c in (IMAGE_BYTES, READ_ERROR) if c in batch.column_names])
         return batch.append_column(PIXELS, ArrowTensorArray.from_numpy(pixels)).append_column(
             FETCH_ERROR, pa.array(errors, type=pa.string())
         )
@@ -70,6 +76,8 @@ class FetchStage:
 
     async def _prepare(self, ref, base_dir: str) -> np.ndarray | RowError:
         try:
+            if isinstance(ref, bytes):  # held in the input: decoded as it is, nothing fetched
+                return await self.preparer.from_bytes(checked_image_bytes(ref, self.preparer.fetch.max_bytes))
             return await self.preparer.from_source(classify_image_ref(ref, base_dir))
         except RowError as error:
             return error
@@ -83,6 +91,13 @@ def _caption_error(caption: object) -> RowError | None:
     except RowError as error:
         return error
     return None
+
+
+def _read_error(error: str | None) -> RowError | None:
+    if error is None:
+        return None
+    kind, _, detail = error.partition(": ")
+    return RowError(kind, detail)
 
 
 def _runs_on(loop: asyncio.AbstractEventLoop) -> bool:

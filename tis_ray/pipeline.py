@@ -21,8 +21,11 @@ from .fetch_stage import FetchStage
 from .placement import (FETCH_CPUS, READ_CPUS, gpu_wait_message, launcher_capacity, plan_pools,
                         reachable_resources)
 from .preprocess import PreprocessSpec
-from .records import count_rows, csv_read_options, input_format
+from .records import ResultColumns, count_rows, csv_read_options, input_format
 from .score_stage import ScoreStage
+from .shard_source import ShardDatasource
+from .shards import Shard
+from .tar_samples import SampleLayout
 
 
 # Rows per input block, the unit a fetch actor takes and hands on: the scorer starts
@@ -31,6 +34,9 @@ from .score_stage import ScoreStage
 ROWS_PER_BLOCK = 128
 # A row's bytes in an input file (a URL and a caption), to guess its rows from its size.
 INPUT_BYTES_PER_ROW = 128
+# A WebDataset sample's bytes in a shard, to guess a shard input's rows (for the GPU pool
+# only): a guess from img2dataset's defaults (256-pixel JPEGs, a caption, a small json).
+SHARD_BYTES_PER_SAMPLE = 25_000
 MIN_INPUT_BLOCKS = 8  # a short file flows in pieces too, and gives several fetch actors work
 MAX_INPUT_BLOCKS = 4096  # past this, a task per block costs more than it saves
 # Where the cluster launcher (`ray up`) leaves the cluster's config on the head node,
@@ -67,6 +73,16 @@ def read_records(path: str, schema: pa.Schema) -> Dataset:
         inner, filesystem=filesystem, parse_options=parse_options, convert_options=convert_options,
         num_cpus=READ_CPUS, override_num_blocks=blocks,
     )
+
+
+def read_shards(shards: list[Shard], layout: SampleLayout) -> Dataset:
+    """WebDataset shards as a Dataset of samples (see `shard_source`), one read task per shard, in order."""
+    return ray.data.read_datasource(ShardDatasource(shards, layout, ROWS_PER_BLOCK), num_cpus=READ_CPUS,
+                                    override_num_blocks=min(len(shards), MAX_INPUT_BLOCKS))
+
+
+def estimated_shard_samples(shards: list[Shard]) -> int:
+    return sum(s.size for s in shards) // SHARD_BYTES_PER_SAMPLE
 
 
 def records_from_table(table: pa.Table) -> Dataset:
@@ -123,8 +139,9 @@ def add_scores(
     fetch: FetchConfig,
     pipeline: PipelineConfig,
     rows: int | None = None,
+    results: ResultColumns = ResultColumns(),
 ) -> Dataset:
-    """Append ``similarity`` (and ``cosine``), ``error`` and the internal summary columns.
+    """Append ``similarity`` (and ``cosine``), ``error`` (named by `results`) and the internal summary columns.
 
     `rows`, the job's size where known, decides how many GPUs that are not up yet it asks for.
     """
@@ -151,7 +168,8 @@ def add_scores(
     )
     return fetched.map_batches(
         ScoreStage,
-        fn_constructor_kwargs=dict(caption_column=caption_column, model=model, with_cosine=pipeline.with_cosine),
+        fn_constructor_kwargs=dict(caption_column=caption_column, model=model, with_cosine=pipeline.with_cosine,
+                                   results=results),
         batch_size=pipeline.batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,

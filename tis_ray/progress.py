@@ -44,10 +44,13 @@ class ProgressLine:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self.error_column = "error"  # the result column counted, as named at `start` (--prefix changes it)
         self._width = 0  # of the last line drawn on the terminal, to blank what a shorter one leaves
 
-    def start(self, count_total: Callable[[], int], done: int = 0) -> None:
-        """Begin at `done` rows (carried over from a checkpoint); the total is counted in the background."""
+    def start(self, count_total: Callable[[], int | None], error_column: str = "error", done: int = 0) -> None:
+        """Begin at `done` rows (carried over from a checkpoint); the total is counted in the background
+        (None: not known before the input is read, as for shards)."""
+        self.error_column = error_column
         self.done = done
         self.started = time.monotonic()
         threading.Thread(target=self._count, args=(count_total,), daemon=True, name="tis-progress-total").start()
@@ -55,8 +58,8 @@ class ProgressLine:
         self._ticker.start()
 
     def add(self, batch: pa.Table) -> None:
-        """Count a batch of result rows (it has the ``error`` column)."""
-        errors = batch.column("error")
+        """Count a batch of result rows (it has the error column named at `start`)."""
+        errors = batch.column(self.error_column)
         failed = errors.filter(pc.fill_null(pc.not_equal(errors, ""), False)).to_pylist()
         with self._lock:
             self.done += batch.num_rows
@@ -87,7 +90,7 @@ class ProgressLine:
         parts.append(f"errors {sum(errors.values()):,}{_kinds(errors)}")
         return "tis-ray: " + " | ".join(parts)
 
-    def _count(self, count_total: Callable[[], int]) -> None:
+    def _count(self, count_total: Callable[[], int | None]) -> None:
         try:
             total = count_total()
         except Exception:  # noqa: BLE001 - the total is a nicety; the job goes on without it

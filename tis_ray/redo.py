@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .errors import error_kind, is_retryable
-from .records import RESULT_COLUMNS, InputError, input_format
+from .records import InputError, ResultColumns, input_format
 
 
-def read_previous_output(path: str, input_schema: pa.Schema) -> pa.Table:
+def read_previous_output(path: str, input_schema: pa.Schema, results: ResultColumns = ResultColumns()) -> pa.Table:
     """A previous output of the same input: its input columns typed as the input's, then the results."""
     try:
         filesystem, inner = storage.resolve(path)
@@ -25,7 +25,7 @@ def read_previous_output(path: str, input_schema: pa.Schema) -> pa.Table:
             table = pq.read_table(inner, filesystem=filesystem)
         else:
             types = {**dict(zip(input_schema.names, input_schema.types)),
-                     "similarity": pa.float64(), "cosine": pa.float64(), "error": pa.string()}
+                     results.similarity: pa.float64(), results.cosine: pa.float64(), results.error: pa.string()}
             with filesystem.open_input_stream(inner) as stream:
                 table = pacsv.read_csv(
                     stream,
@@ -38,22 +38,23 @@ def read_previous_output(path: str, input_schema: pa.Schema) -> pa.Table:
         raise InputError(f"{path}: no such file (the previous output to retry)") from None
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"{path}: cannot read the previous output: {exc}") from None
-    expected = [*input_schema.names, "similarity", "error"]
-    found = [name for name in table.column_names if name != "cosine"]
+    expected = [*input_schema.names, results.similarity, results.error]
+    found = [name for name in table.column_names if name != results.cosine]
     if found != expected:
         raise InputError(f"{path}: its columns ({', '.join(table.column_names)}) are not this input's columns "
                          f"followed by the results ({', '.join(expected)}); is it the output of this input?")
     return table
 
 
-def retryable_rows(previous: pa.Table) -> list[int]:
+def retryable_rows(previous: pa.Table, results: ResultColumns = ResultColumns()) -> list[int]:
     """Positions of the rows whose error kind is worth trying again."""
-    return [i for i, error in enumerate(previous.column("error").to_pylist()) if is_retryable(error_kind(error))]
+    return [i for i, error in enumerate(previous.column(results.error).to_pylist())
+            if is_retryable(error_kind(error))]
 
 
-def inputs_of(previous: pa.Table, rows: list[int]) -> pa.Table:
+def inputs_of(previous: pa.Table, rows: list[int], results: ResultColumns = ResultColumns()) -> pa.Table:
     """The input columns of `rows`, as the scoring pipeline takes them."""
-    inputs = previous.drop_columns([c for c in RESULT_COLUMNS if c in previous.column_names])
+    inputs = previous.drop_columns([c for c in results.names if c in previous.column_names])
     return inputs.take(pa.array(rows, pa.int64()))
 
 

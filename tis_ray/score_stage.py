@@ -11,15 +11,17 @@ import pyarrow as pa
 
 from .columns import FETCH_ERROR, PIXELS, RUNTIME, TRUNCATED
 from .config import ModelConfig
-from .records import check_caption
+from .records import ResultColumns, check_caption
 from .scorer import ClipScorer
 from .scoring import similarity_from_cosine
 
 
 class ScoreStage:
-    def __init__(self, caption_column: str, model: ModelConfig, with_cosine: bool):
+    def __init__(self, caption_column: str, model: ModelConfig, with_cosine: bool,
+                 results: ResultColumns = ResultColumns()):
         self.caption_column = caption_column
         self.with_cosine = with_cosine
+        self.results = results
         self.scorer = ClipScorer(model)
         self.runtime = f"{self.scorer.device}/{self.scorer.dtype_name}"
 
@@ -36,10 +38,10 @@ class ScoreStage:
             cosine[ok], truncated[ok] = scored.cosine, scored.truncated
         missing = ~ok
         out = batch.drop_columns([PIXELS, FETCH_ERROR])
-        out = out.append_column("similarity", pa.array(similarity_from_cosine(cosine), mask=missing))
+        out = out.append_column(self.results.similarity, pa.array(similarity_from_cosine(cosine), mask=missing))
         if self.with_cosine:
-            out = out.append_column("cosine", pa.array(cosine.astype(np.float64), mask=missing))
-        out = out.append_column("error", pa.array(errors, type=pa.string()))
+            out = out.append_column(self.results.cosine, pa.array(cosine.astype(np.float64), mask=missing))
+        out = out.append_column(self.results.error, pa.array(errors, type=pa.string()))
         out = out.append_column(TRUNCATED, pa.array(truncated))
         return out.append_column(RUNTIME, pa.array([self.runtime] * rows, type=pa.string()))
 

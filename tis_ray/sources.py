@@ -1,9 +1,10 @@
 """Where a row's image comes from: classify the raw value of the image column.
 
-Pure string logic, no I/O: a value is an http(s) URL, a ``file://`` URL, an object
-store URL (``s3://``, ``gs://``) or a path (relative paths resolve against the input
-file's folder, wherever it lives). Anything else is a row error before a single byte
-is fetched.
+Pure logic, no I/O: a value is the image's own bytes (a binary cell, or the bytes of
+Hugging Face's ``{bytes, path}`` struct), an http(s) URL, a ``file://`` URL, an
+object store URL (``s3://``, ``gs://``) or a path (relative paths resolve against the
+input file's folder, wherever it lives). Anything else is a row error before a single
+byte is fetched.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import yarl
 
 from . import storage
-from .errors import INVALID_URL, MISSING_IMAGE, UNSUPPORTED_SCHEME, RowError
+from .errors import INVALID_URL, MISSING_IMAGE, TOO_LARGE, UNSUPPORTED_SCHEME, RowError
 
 HTTP_SCHEMES = ("http", "https")
 
@@ -25,6 +26,26 @@ HTTP_SCHEMES = ("http", "https")
 class ImageSource:
     kind: Literal["http", "file", "object"]
     location: str  # the URL for http and object, an absolute path for file
+
+
+def image_value(cell: object) -> object:
+    """A cell as the image it holds: bytes, or the reference (URL or path) to fetch.
+
+    Hugging Face's image struct holds the bytes, or only a path when the bytes were
+    left out; the bytes win when both are there (the path is then just a file name)."""
+    if isinstance(cell, dict):
+        data = cell.get("bytes")
+        return data if data is not None else cell.get("path")
+    return cell
+
+
+def checked_image_bytes(data: bytes, max_bytes: int) -> bytes:
+    """Image bytes held in the input, under the same byte cap as a fetched image."""
+    if not data:
+        raise RowError(MISSING_IMAGE, "the image cell holds no bytes")
+    if len(data) > max_bytes:
+        raise RowError(TOO_LARGE, f"the image is {len(data)} bytes, over the limit of {max_bytes}")
+    return data
 
 
 def classify_image_ref(value: object, base_dir: str) -> ImageSource:

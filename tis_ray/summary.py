@@ -19,6 +19,7 @@ from .columns import RUNTIME, TRUNCATED
 @dataclass
 class JobSummary:
     model: str
+    error_column: str = "error"  # its name in the rows counted (see `records.ResultColumns`)
     rows: int = 0
     scored: int = 0
     truncated_captions: int = 0
@@ -33,7 +34,7 @@ class JobSummary:
 
     def add(self, batch: pa.Table) -> None:
         """Count a batch of result rows (with the internal columns; a null runtime: not scored here)."""
-        errors = [e for e in batch.column("error").to_pylist() if e]
+        errors = [e for e in batch.column(self.error_column).to_pylist() if e]
         self.rows += batch.num_rows
         self.scored += batch.num_rows - len(errors)
         self.errors.update(error_kind(e) for e in errors)

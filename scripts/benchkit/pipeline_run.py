@@ -1,4 +1,5 @@
-"""(c) tis-ray itself: the real `score_file` on the workload's CSV, as the CLI runs it.
+"""(c) tis-ray itself: the real `score_file` on the workload's CSV (or its WebDataset shards), as the
+CLI runs it.
 
 Ray is started before the clock starts (a cluster is up before a job is submitted);
 the timed part includes creating the actor pools and loading the model in them.
@@ -15,14 +16,15 @@ from tis_ray.api import connect, score_file
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 
 
-def run(csv_path: Path, out_dir: Path, model: str, dtype: str, batch_size: int, reduced_decode: bool) -> dict:
+def run(input_path: str | Path, out_dir: Path, model: str, dtype: str, batch_size: int, reduced_decode: bool) -> dict:
+    input_path = str(input_path)  # a CSV, or a brace pattern of shards
     started = time.perf_counter()
     connect("local")
     ray_start = time.perf_counter() - started
-    output = out_dir / f"{csv_path.stem}.scored.parquet"
+    output = out_dir / f"{'shards' if input_path.endswith('.tar') else Path(input_path).stem}.scored.parquet"
     started = time.perf_counter()
     summary = score_file(
-        str(csv_path), str(output),
+        input_path, str(output),
         model=ModelConfig(model=model, dtype=dtype),
         fetch=FetchConfig(reduced_decode=reduced_decode),
         pipeline=PipelineConfig(batch_size=batch_size, with_cosine=True),

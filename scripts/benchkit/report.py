@@ -90,6 +90,21 @@ def levers_table(results: dict) -> str:
     return _table([f"contender at {first:g} ms", "with", "pairs/s", "as shipped (median)", "ratio"], rows)
 
 
+def input_kind_table(results: dict) -> str:
+    """(c) on the same images from loopback URLs (the first latency) and from WebDataset shards."""
+    first = results["settings"]["latency_ms"][0]
+    urls = [r for r in results["runs"] if r["name"] == "tis_ray" and r["latency_ms"] == first]
+    rows = []
+    for label, runs in ((f"URLs on 127.0.0.1 ({first:g} ms)", urls),
+                        ("WebDataset shards (.tar)", results.get("input_kinds", []))):
+        if not runs:
+            continue
+        steady = statistics.median(r["steady_pairs_per_second"] or 0.0 for r in runs)
+        rows.append([label, f"{statistics.median(rate(r) for r in runs):.1f}", f"{steady:.1f}",
+                     _memory(runs[0]["memory"])])
+    return _table(["(c) tis-ray reading", "pairs/s (median)", "after start-up", MEMORY + ", round 1"], rows)
+
+
 def accuracy_table(results: dict) -> str:
     rows = [[f"{row['set']} ({row['pairs']})", row["lever"], f"{row['max_abs_delta']:.2e}", f"{row['mean_abs_delta']:.2e}"]
             for row in results["accuracy"]]
@@ -144,6 +159,8 @@ def write(results: dict, out: Path, plots: Path) -> None:
         levers_table(results),
         "### CPU cost of fetch + decode + resize (one decode thread, 64 requests in flight)",
         stage_cost_table(results),
+        "### Input kinds: the same images fetched or read from shards",
+        input_kind_table(results),
         "### Accuracy cost of the levers",
         accuracy_table(results),
         f"Max |delta similarity| between (b) and (c) on the same rows (round 1): {cross_check(results)}.",

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
+import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +68,26 @@ class Workload:
             writer.writerow(["image_url", "caption"])
             writer.writerows((f"{base_url}/img/{name}", caption) for name, caption in zip(self.names, self.captions))
         return path
+
+    def shards_in(self, folder: Path, per_shard: int = 1000) -> str:
+        """The same pairs as WebDataset shards, as img2dataset writes them (``SSSSSIIII.jpg``,
+        ``.txt``); returns the brace pattern naming them, for `tis-ray score`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        count = -(-len(self.names) // per_shard)
+        for shard in range(count):
+            rows = range(shard * per_shard, min(len(self.names), (shard + 1) * per_shard))
+            with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
+                for i in rows:
+                    key = f"{shard:05d}{i - shard * per_shard:04d}"
+                    _add(tar, f"{key}.jpg", (self.image_dir / self.names[i]).read_bytes())
+                    _add(tar, f"{key}.txt", self.captions[i].encode())
+        return str(folder / f"{{00000..{count - 1:05d}}}.tar")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
 
 
 def build(spec: WorkloadSpec, cache_dir: Path) -> Workload:
