@@ -30,9 +30,10 @@ from .warm import CAPTION, IMAGE, ScorerInfo, WarmScorer, pairs_table
 
 # Above this many pairs a call goes through the batch pipeline: its pools fetch on
 # every spare core and score on every GPU the cluster reaches, where one warm actor
-# fetches in one process and scores on one device. The pipeline's start-up (~5 s on a
-# laptop, the model loaded again) is paid back only by long calls; below this a call
-# is one round trip to the warm actor. 256 is also the service's pairs per request.
+# fetches in one process and scores on one device. The pipeline's start-up (its pools,
+# the model loaded again: a 4-pair call took 9.0 s that way on the loaded 2-core test
+# machine, 0.28 s by the warm actor) is paid back only by long calls; on that machine
+# the paths crossed near 1,000 pairs. 256 is also the service's pairs per request.
 # Measured in docs/benchmarks.md ("Interactive calls").
 DIRECT_MAX_PAIRS = 256
 
