@@ -7,7 +7,8 @@
 # its config never touch the checkout), against the unit tests that are meant to pin it down.
 # Prints one line per module: "MODULE total killed survived timeout other", and the names
 # of the surviving mutants (inspect one with `mutmut show NAME` in the scratch copy, kept
-# when KEEP=1). Exits 1 when a module listed in ZERO_SURVIVORS (default: netguard) has a survivor.
+# when KEEP=1). Exits 1 when a module listed in ZERO_SURVIVORS (default: netguard) has a
+# survivor that scripts/mutation-accepted.txt does not explain.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,9 @@ python=${PYTHON:-$repo/.venv/bin/python}
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(netguard sources records hosts decode preprocess scoring)
 zero=" ${ZERO_SURVIVORS:-netguard} "
+# Survivors judged harmless (equivalent mutants, unreachable defensive lines), one per line
+# with the reason after "#"; a survivor not listed there is a missing test.
+accepted=$repo/scripts/mutation-accepted.txt
 
 tests_for() {  # the unit tests that pin each module down (no Ray, no model download)
   case $1 in
@@ -64,9 +68,19 @@ s = json.load(open(path))
 other = s["total"] - s["killed"] - s["survived"] - s.get("timeout", 0)
 print(f"{module} total={s['total']} killed={s['killed']} survived={s['survived']} timeout={s.get('timeout', 0)} other={other}")
 PY
-  survivors=$(cd "$scratch" && "$python" -m mutmut results 2>/dev/null | grep -E ': (survived|no tests)' || true)
-  [ -z "$survivors" ] || echo "$survivors" | sed 's/^/  /'
-  if [ -n "$survivors" ] && [[ $zero == *" $module "* ]]; then status=1; fi
+  survivors=$(cd "$scratch" && "$python" -m mutmut results 2>/dev/null | grep -E ': (survived|no tests)' \
+    | sed 's/: .*//' | sed 's/^ *//' || true)
+  unexplained=0
+  for name in $survivors; do
+    if grep -qxF "$name" <(sed 's/ *#.*//' "$accepted"); then
+      echo "  $name: survived (accepted: $(grep -F "$name " "$accepted" | sed 's/^[^#]*# *//'))"
+    else
+      echo "  $name: survived, NOT EXPLAINED"
+      unexplained=$((unexplained + 1))
+    fi
+  done
+  echo "  $module unexplained=$unexplained"
+  if [ "$unexplained" -gt 0 ] && [[ $zero == *" $module "* ]]; then status=1; fi
   [ "${KEEP:-0}" = 1 ] && echo "  (scratch copy kept: $scratch)" || rm -rf "$scratch"
 done
 exit $status
