@@ -42,6 +42,16 @@ for module in "${modules[@]}"; do
   tests=$(tests_for "$module")
   scratch=$(mktemp -d "${TMPDIR:-/tmp}/tis-mutation-$module.XXXX")
   (cd "$repo" && git ls-files -co --exclude-standard -z | grep -zv '^\.venv/' | xargs -0 cp --parents -t "$scratch")
+  # Property tests: the same examples for every mutant, and no deadline (a loaded machine
+  # makes Hypothesis' 200 ms deadline fail the unmutated run, which stops mutmut).
+  cat >> "$scratch/tests/conftest.py" <<'PY'
+
+
+from hypothesis import settings as _settings  # appended by scripts/mutation.sh
+
+_settings.register_profile("mutation", deadline=None, derandomize=True, database=None)
+_settings.load_profile("mutation")
+PY
   {
     echo
     echo "[tool.mutmut]"

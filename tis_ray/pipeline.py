@@ -130,7 +130,7 @@ def add_scores(
     """
     # Each Dataset carries the DataContext copied when it was created (here, at read
     # time), so order is asked for on the dataset itself, not on the current context.
-    ds.context.execution_options.preserve_order = False
+    ds.context.execution_options.preserve_order = True
     now = ray.cluster_resources()
     plan = plan_pools(model, pipeline, cluster_capacity(now), up_now=now, rows=rows)
     if warning := gpu_wait_message(plan, now):
