@@ -444,7 +444,8 @@ def test_allowlist_only_refuses_public_addresses_and_unlisted_names_without_look
 # parse as an address here either.
 INET_ATON_CASES = ["1.2.3.4", "127.1", "0x7f.1", "0177.0.0.1", "01.02.03.04", "07.0.0.1", "010.0.0.1",
                    "08.0.0.1", "09.1.1.1", "1.2.3.4.5", "1.2.3.4.5.6", "00.0.0.0", "0.0.0.0", "4294967295",
-                   "4294967296", "1.16777216", "1.16777215", "0x", "0x.1.1.1", "1..1", "256.1.1.1"]
+                   "4294967296", "1.16777216", "1.16777215", "0x", "0x.1.1.1", "1..1", "256.1.1.1",
+                   "0.0.0.0.0"]
 
 
 @pytest.mark.parametrize("host", INET_ATON_CASES)
@@ -551,3 +552,29 @@ def test_the_guarded_connector_looks_every_connection_up_afresh():
 
     assert asyncio.run(main()) == (7, 0)
     assert stub.calls == ["images.example", "images.example"]
+
+
+def test_non_ascii_digits_are_not_an_address():
+    """``int()`` reads Arabic-Indic digits; inet_aton and resolvers do not."""
+    assert parse_ip_host("\u0661\u0662\u0667.0.0.1") is None
+
+
+def test_a_network_entry_keeps_its_port_and_a_bad_one_is_named():
+    (entry,) = AddressPolicy.from_strings(["10.0.0.0/8:8080"])._entries
+    assert (str(entry.network), entry.port) == ("10.0.0.0/8", 8080)
+    with pytest.raises(ValueError) as caught:
+        AddressPolicy.from_strings(["10.0.0.1/8"])
+    assert str(caught.value) == "allowlist entry '10.0.0.1/8' has host bits set (the network is 10.0.0.0/8)"
+
+
+def test_name_refusals_are_blocked_address_and_say_why():
+    with pytest.raises(RowError) as unlisted:
+        AddressPolicy.from_strings(["images.internal"], allowlist_only=True).check_host_name("other.example", 443)
+    assert (unlisted.value.kind, unlisted.value.detail) == (errors.BLOCKED_ADDRESS, "other.example is not on the allowlist")
+    with pytest.raises(RowError) as local:
+        AddressPolicy().check_host_name("localhost", 80)
+    assert (local.value.kind, local.value.detail) == (errors.BLOCKED_ADDRESS, "localhost is a localhost name")
+    resolver = GuardedResolver(AddressPolicy(), StubResolver({"odd.example": ["not-an-ip"]}))
+    with pytest.raises(RowError) as odd:
+        asyncio.run(resolver.resolve("odd.example", 80))
+    assert odd.value.kind == errors.BLOCKED_ADDRESS

@@ -371,19 +371,12 @@ def test_the_metric_names_in_the_readme_are_the_ones_ray_exports(service, ray_me
     assert any('kind="blocked_address"' in key for key in errors_by_kind), errors_by_kind
 
 
-def _open_replicas() -> set[str]:
-    """The names of the "open" app's replica actors (a new process gets a new name)."""
-    import ray
-
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "open#ScoringService" in a["name"]}
-
-
-def test_a_new_user_config_applies_live_to_the_same_replica(service, tiny_model, image_server, upstream,
-                                                            monkeypatch):
-    """README: batch size and wait are the deployment's ``user_config``, changed without
-    restarting replicas. Redeploying the running app with new values keeps the replica (same
-    actor), `/v1/model` shows them, and the wait is real: a lone pair waits out a 1.5 s batch
-    window (by the test's clock) and no longer does once the window is back to 50 ms."""
+def test_a_new_user_config_applies_to_the_running_app(service, tiny_model, image_server, upstream, monkeypatch):
+    """README: batch size and wait are the deployment's ``user_config``. Redeploying the
+    running app with new values: `/v1/model` shows them, and the wait is real: a lone pair
+    waits out a 1.5 s batch window (by the test's clock) and no longer does once the window
+    is back to 50 ms. (A Python `serve.run` gives each deploy a new code version, so Serve
+    starts a new replica here; that a config file's `serve deploy` keeps it is not shown.)"""
     monkeypatch.delenv("TIS_API_KEY", raising=False)  # the open app was built without a key
     pair = {"pairs": [{"image_url": image_server.url("photo/chelsea.jpg"), "caption": "a cat"}]}
 
@@ -393,18 +386,14 @@ def test_a_new_user_config_applies_live_to_the_same_replica(service, tiny_model,
         assert status == 200 and body["results"][0]["error"] is None, body
         return time.monotonic() - started
 
-    replicas = _open_replicas()
-    assert len(replicas) == 1
     timed_score()  # warm: the first request pays for connections, not batching
     try:
         deploy_open(tiny_model, image_server, upstream, {"max_batch_size": 3, "batch_wait_ms": 1500})
         info = call(f"{service}/open/v1/model")[1]
         assert (info["max_batch_size"], info["batch_wait_ms"]) == (3, 1500.0)
-        assert _open_replicas() == replicas
         assert timed_score() >= 1.4  # a batch of one is sent only when the 1.5 s window closes
     finally:
         deploy_open(tiny_model, image_server, upstream, OPEN_BATCHING)
     info = call(f"{service}/open/v1/model")[1]
     assert (info["max_batch_size"], info["batch_wait_ms"]) == (16, 50.0)
-    assert _open_replicas() == replicas
     assert timed_score() < 1.4
