@@ -124,3 +124,98 @@ def test_retry_errors_refuses_an_output_of_another_input(tmp_path):
         read_previous_output(str(path), pa.schema([("image_url", pa.string()), ("caption", pa.string())]))
     with pytest.raises(InputError, match="no such file"):
         read_previous_output(str(tmp_path / "nope.csv"), pa.schema([("image_url", pa.string())]))
+
+
+# --- which settings a resume must match, as the Python API takes them ---------------------
+
+class _WouldScore(Exception):
+    """Raised where the job would join Ray: the checkpoint was accepted."""
+
+
+# Each setting README says changes results (model, device, dtype, columns, fetch limits),
+# as the API argument a user changes, with a value other than the first run's.
+_RESULT_CHANGING = {
+    "image column": ({"image_column": "url"}, "image_column"),
+    "caption column": ({"caption_column": "text"}, "caption_column"),
+    "model": ({"model": "OTHER"}, "model"),
+    "device": ({"model": {"device": "auto"}}, "device"),
+    "dtype": ({"model": {"dtype": "bfloat16"}}, "dtype"),
+    "with cosine": ({"pipeline": {"with_cosine": True}}, "with_cosine"),
+    "timeout": ({"fetch": {"timeout_s": 3.0}}, "timeout_s"),
+    "retries": ({"fetch": {"retries": 0}}, "retries"),
+    "byte cap": ({"fetch": {"max_bytes": 1000}}, "max_bytes"),
+    "redirect cap": ({"fetch": {"max_redirects": 0}}, "max_redirects"),
+    "pixel cap": ({"fetch": {"max_pixels": 1000}}, "max_pixels"),
+    "full decode": ({"fetch": {"reduced_decode": False}}, "reduced_decode"),
+    "ignore opt-out": ({"fetch": {"honor_opt_out": False}}, "honor_opt_out"),
+}
+# Settings that shape the job but not its results: a resume may change them.
+_RESULT_KEEPING = {
+    "batch size": {"pipeline": {"batch_size": 7}},
+    "fetch batch size": {"pipeline": {"fetch_batch_size": 5}},
+    "fetch concurrency": {"fetch": {"max_in_flight": 3}},
+    "per-host cap": {"fetch": {"per_host_limit": 2}},
+    "user agent": {"fetch": {"user_agent": "someone else"}},
+}
+
+
+def _api_args(tiny_model: str, other_model: str, change: dict) -> dict:
+    from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
+
+    model = {"model": tiny_model, "device": "cpu", "dtype": "float32"}
+    if change.get("model") == "OTHER":
+        model["model"] = other_model
+    elif isinstance(change.get("model"), dict):
+        model.update(change["model"])
+    return {
+        "image_column": change.get("image_column", "image_url"),
+        "caption_column": change.get("caption_column", "caption"),
+        "model": ModelConfig(**model),
+        "fetch": FetchConfig(**change.get("fetch", {})),
+        "pipeline": PipelineConfig(**change.get("pipeline", {})),
+    }
+
+
+@pytest.fixture()
+def interrupted(tmp_path, tiny_model, monkeypatch):
+    """An input with spare columns, and the checkpoint a first run with default settings left
+    (laid down by a real `score_file` stopped where it would join Ray, after 0 rows)."""
+    import shutil
+
+    from tis_ray import api, score_file
+
+    source = tmp_path / "in.csv"
+    source.write_text("image_url,url,caption,text\na.jpg,b.jpg,a cat,a dog\n")
+    output = tmp_path / "out.csv"
+    other_model = str(tmp_path / "other-model")
+    shutil.copytree(tiny_model, other_model)
+
+    def would_score(*args, **kwargs):
+        raise _WouldScore
+
+    monkeypatch.setattr(api, "connect", would_score)
+    with pytest.raises(_WouldScore):
+        score_file(str(source), str(output), progress=False, **_api_args(tiny_model, other_model, {}))
+    assert os.path.isdir(checkpoint_dir(str(output)))
+    return source, output, tiny_model, other_model
+
+
+@pytest.mark.parametrize("change", _RESULT_CHANGING.values(), ids=_RESULT_CHANGING.keys())
+def test_a_resume_that_changes_a_result_changing_setting_is_refused_and_named(interrupted, change):
+    from tis_ray import score_file
+
+    source, output, tiny_model, other_model = interrupted
+    args, name = change
+    with pytest.raises(InputError, match="cannot resume") as refused:
+        score_file(str(source), str(output), progress=False, resume=True, **_api_args(tiny_model, other_model, args))
+    assert f"{name} (" in str(refused.value)
+    assert str(refused.value).count(" then, ") == 1  # that setting and nothing else
+
+
+@pytest.mark.parametrize("change", [{}, *_RESULT_KEEPING.values()], ids=["same", *_RESULT_KEEPING.keys()])
+def test_a_resume_that_changes_nothing_or_only_the_jobs_shape_is_accepted(interrupted, change):
+    from tis_ray import score_file
+
+    source, output, tiny_model, other_model = interrupted
+    with pytest.raises(_WouldScore):
+        score_file(str(source), str(output), progress=False, resume=True, **_api_args(tiny_model, other_model, change))

@@ -82,7 +82,8 @@ def test_demo_on_the_bundled_example_with_embedded_local_ray(tmp_path, tiny_mode
     kinds = [error_kind(e) for e in table.column("error").to_pylist()]
     assert kinds[-3:] == ["file_not_found", "decode_error", "empty_caption"]
     assert kinds[:-3] == [None] * (len(source) - 3)
-    assert "rows: 10" in result.stdout and "scored: 7" in result.stdout and "cpu/float32" in result.stdout
+    # the demo leaves --device at auto: the GPU where there is one, else the CPU
+    assert "rows: 10" in result.stdout and "scored: 7" in result.stdout and f"{_auto_device()}/float32" in result.stdout
     assert f"stats: {out}.stats.json" in result.stdout
     assert_stats_add_up(out, len(source))
 
@@ -147,3 +148,10 @@ def test_thousand_rows_five_percent_bad(tmp_path, image_server, tiny_model, phot
             assert sims[i] is None
     assert "rows: 1000" in result.stdout and "scored: 950" in result.stdout
     assert assert_stats_add_up(out, 1000)["outcomes"] == {"scored": 950, "error": 50}
+
+
+def _auto_device() -> str:
+    """What `--device auto` picks on this machine, asked of torch directly."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

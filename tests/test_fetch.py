@@ -283,6 +283,18 @@ def test_429_retry_after_is_capped(edge_server, photos):
     assert 0.28 <= took < 1.5
 
 
+def test_retry_after_is_capped_at_5_seconds_by_default(edge_server, photos):
+    """README: a ``Retry-After`` is honoured up to 5 s unless told otherwise. A server asking
+    for an hour is retried after about 5 s (by the real clock), well inside a 20 s timeout."""
+    cfg = FetchConfig(timeout_s=20.0, retries=1, backoff_s=0.01)  # the cap left at its default
+    path = "retry_after?key=default-cap&value=3600"
+    start = time.monotonic()
+    assert fetch(edge_server.url(path), cfg) == photos["chelsea"].read_bytes()
+    took = time.monotonic() - start
+    assert edge_server.count(path) == 2
+    assert 4.8 <= took < 9.0
+
+
 def test_retry_after_http_date_is_understood_and_capped(edge_server):
     cfg = FetchConfig(timeout_s=3.0, retries=1, backoff_s=0.01, retry_after_cap_s=0.3)
     when = email.utils.formatdate(time.time() + 60, usegmt=True).replace(" ", "%20").replace(",", "%2C")

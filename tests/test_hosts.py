@@ -85,6 +85,22 @@ def test_wait_sleeps_until_the_end_even_when_extended_meanwhile(clock):
     assert backoff.remaining("a:80") == 0
 
 
+@pytest.mark.parametrize("seconds", [0.05, 0.5, 1.0])
+def test_wait_sleeps_out_a_short_back_off_whole(clock, seconds):
+    """Back-offs under a second (a ``Retry-After: 0.5``, the default 0.25 s retry delay) are
+    waited out too, to the end: the host is asked again no sooner than it said."""
+    backoff = HostBackoff(clock)
+    backoff.back_off("a:80", seconds)
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+        clock.now += s
+
+    asyncio.run(backoff.wait("a:80", sleep))
+    assert sum(slept) == pytest.approx(seconds)
+
+
 def test_wait_returns_at_once_for_a_host_not_backed_off(clock):
     backoff = HostBackoff(clock)
     backoff.back_off("a:80", 2.0)

@@ -20,7 +20,7 @@ def test_ray_job_submit_scores_a_file_on_the_cluster(ray_head, tiny_model, image
         ["ray", "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps(runtime_env), "--",
          "python", "-m", "tis_ray", "score", str(tmp_path / "pairs.csv"), "-o", str(out),
-         "--dtype", "float32", "--timeout", "5", "--retries", "1"],
+         "--device", "cpu", "--dtype", "float32", "--timeout", "5", "--retries", "1"],
         env=loopback_ray_env(), capture_output=True, text=True, timeout=300,
     )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

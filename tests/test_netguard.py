@@ -31,6 +31,7 @@ from tis_ray.netguard import (
     GuardedResolver,
     blocked_reason,
     guarded_fetcher_parts,
+    literal_address,
     make_url_check,
     parse_ip_host,
 )
@@ -116,7 +117,7 @@ NAMES = ["example.com", "images.example.org", "localhost", "cafe", "1e100.net", 
 def test_blocked_forms_parse_and_are_refused(host, address, reason):
     parsed = parse_ip_host(host)
     assert parsed == ip(address)
-    assert reason in blocked_reason(parsed)
+    assert blocked_reason(parsed) == reason  # the whole reason: it is the error text users read
 
 
 @pytest.mark.parametrize("host", PUBLIC)
@@ -434,3 +435,146 @@ def test_allowlist_only_refuses_public_addresses_and_unlisted_names_without_look
 
     asyncio.run(check())
     assert seen == []
+
+
+# --- what the mutation run (scripts/mutation.sh netguard) showed no test pinned down ---------
+
+# Digits-and-dots hosts: the C library's inet_aton is a second, independent reading of the
+# same forms (octal with a leading 0, hex with 0x, 1 to 4 parts). Hosts it refuses must not
+# parse as an address here either.
+INET_ATON_CASES = ["1.2.3.4", "127.1", "0x7f.1", "0177.0.0.1", "01.02.03.04", "07.0.0.1", "010.0.0.1",
+                   "08.0.0.1", "09.1.1.1", "1.2.3.4.5", "1.2.3.4.5.6", "00.0.0.0", "0.0.0.0", "4294967295",
+                   "4294967296", "1.16777216", "1.16777215", "0x", "0x.1.1.1", "1..1", "256.1.1.1",
+                   "0.0.0.0.0"]
+
+
+@pytest.mark.parametrize("host", INET_ATON_CASES)
+def test_digit_and_dot_hosts_read_as_inet_aton_reads_them(host):
+    try:
+        expected = ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        expected = None
+    assert parse_ip_host(host) == expected
+
+
+def test_half_a_bracket_is_not_an_ipv6_literal():
+    assert parse_ip_host("[::1]") == ip("::1")
+    for host in ("[::1", "::1]"):
+        assert parse_ip_host(host) is None
+
+
+@pytest.mark.parametrize("host, kind, detail", [
+    ("fe80::1%eth0", errors.BLOCKED_ADDRESS, "fe80::1%eth0 has an IPv6 zone id; zone ids are not fetched"),
+    ("::1::2", errors.INVALID_URL, "'::1::2' is not an IPv6 address"),
+    ("ex%61mple.com", errors.INVALID_URL, "'ex%61mple.com' has percent-escapes in its host"),
+    ("1.2.3.4.5", errors.INVALID_URL, "'1.2.3.4.5' is neither a host name nor an IP address"),
+    ("256.1.1.1", errors.INVALID_URL, "'256.1.1.1' is neither a host name nor an IP address"),
+])
+def test_literal_address_refusals_say_why(host, kind, detail):
+    with pytest.raises(RowError) as caught:
+        literal_address(host)
+    assert (caught.value.kind, caught.value.detail) == (kind, detail)
+
+
+def test_names_with_digits_are_names_not_bad_addresses():
+    assert literal_address("1e100.net") is None
+    assert literal_address("123.example") is None
+
+
+@pytest.mark.parametrize("entry, port", [("images.test:1", 1), ("images.test:65535", 65535), ("[::1]:8080", 8080),
+                                         ("[::1]", None), ("10.0.0.1", None)])
+def test_allowlist_ports_from_1_to_65535(entry, port):
+    (parsed,) = AddressPolicy.from_strings([entry])._entries
+    assert parsed.port == port
+
+
+@pytest.mark.parametrize("entry", ["images.test:0", "images.test:65536", "[::1]:65536", "images.test:", "[::1]x"])
+def test_allowlist_ports_outside_1_to_65535_are_refused_naming_the_entry(entry):
+    with pytest.raises(ValueError) as caught:
+        AddressPolicy.from_strings([entry])
+    assert repr(entry) in str(caught.value)
+
+
+def test_no_port_policy_lets_every_port_through():
+    policy = AddressPolicy.from_strings([], ports=None)
+    assert policy.ports is None
+    policy.check_ip(ip("8.8.8.8"), "dns.example", 5353)
+    policy.check_host_name("images.example", 5353)
+
+
+def test_a_refused_port_names_the_host_and_the_ports_allowed():
+    policy = AddressPolicy.from_strings([], ports=[8080, 80])
+    with pytest.raises(RowError) as by_name:
+        policy.check_host_name("images.example", 22)
+    assert by_name.value.detail == "images.example: port 22 is not fetched (allowed: 80, 8080)"
+    with pytest.raises(RowError) as by_ip:
+        policy.check_ip(ip("8.8.8.8"), "8.8.8.8", 22)
+    assert by_ip.value.detail == "8.8.8.8: port 22 is not fetched (allowed: 80, 8080)"
+
+
+def test_url_check_refusals_say_why():
+    check = make_url_check(AddressPolicy())
+    with pytest.raises(RowError) as scheme:
+        asyncio.run(check(yarl.URL("ftp://images.example/x.jpg")))
+    assert (scheme.value.kind, scheme.value.detail) == (errors.UNSUPPORTED_SCHEME, "'ftp' URLs are not fetched")
+    with pytest.raises(RowError) as hostless:
+        asyncio.run(check(yarl.URL("http:///x.jpg")))
+    assert (hostless.value.kind, hostless.value.detail) == (errors.INVALID_URL, "http:///x.jpg has no host")
+
+
+def test_the_guarded_resolver_asks_for_the_address_family_it_was_asked_for():
+    seen = []
+
+    class Recording(StubResolver):
+        async def resolve(self, host, port=0, family=socket.AF_INET):
+            seen.append(family)
+            return await super().resolve(host, port, family)
+
+    resolver = GuardedResolver(AddressPolicy(), Recording({"v6.example": ["2606:4700::1"]}))
+    asyncio.run(resolver.resolve("v6.example", 443, socket.AF_INET6))
+    assert seen == [socket.AF_INET6]
+
+
+def test_the_guarded_connector_looks_every_connection_up_afresh():
+    """No DNS cache (a cached answer would outlive the check that let it in), the fetch
+    config's in-flight cap, and no per-host cap of aiohttp's own (`HostSlots` is that)."""
+    stub = StubResolver({"images.example": ["8.8.8.8"]})
+    cfg = FetchConfig(max_in_flight=7)
+
+    async def main():
+        _, connector = guarded_fetcher_parts(AddressPolicy(), cfg, stub)
+        try:
+            for _ in range(2):
+                await connector._resolve_host("images.example", 80)
+            return connector.limit, connector.limit_per_host
+        finally:
+            await connector.close()
+
+    assert asyncio.run(main()) == (7, 0)
+    assert stub.calls == ["images.example", "images.example"]
+
+
+def test_non_ascii_digits_are_not_an_address():
+    """``int()`` reads Arabic-Indic digits; inet_aton and resolvers do not."""
+    assert parse_ip_host("\u0661\u0662\u0667.0.0.1") is None
+
+
+def test_a_network_entry_keeps_its_port_and_a_bad_one_is_named():
+    (entry,) = AddressPolicy.from_strings(["10.0.0.0/8:8080"])._entries
+    assert (str(entry.network), entry.port) == ("10.0.0.0/8", 8080)
+    with pytest.raises(ValueError) as caught:
+        AddressPolicy.from_strings(["10.0.0.1/8"])
+    assert str(caught.value) == "allowlist entry '10.0.0.1/8' has host bits set (the network is 10.0.0.0/8)"
+
+
+def test_name_refusals_are_blocked_address_and_say_why():
+    with pytest.raises(RowError) as unlisted:
+        AddressPolicy.from_strings(["images.internal"], allowlist_only=True).check_host_name("other.example", 443)
+    assert (unlisted.value.kind, unlisted.value.detail) == (errors.BLOCKED_ADDRESS, "other.example is not on the allowlist")
+    with pytest.raises(RowError) as local:
+        AddressPolicy().check_host_name("localhost", 80)
+    assert (local.value.kind, local.value.detail) == (errors.BLOCKED_ADDRESS, "localhost is a localhost name")
+    resolver = GuardedResolver(AddressPolicy(), StubResolver({"odd.example": ["not-an-ip"]}))
+    with pytest.raises(RowError) as odd:
+        asyncio.run(resolver.resolve("odd.example", 80))
+    assert odd.value.kind == errors.BLOCKED_ADDRESS

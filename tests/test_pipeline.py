@@ -186,10 +186,13 @@ def test_large_jpegs_decode_reduced_by_default_and_whole_on_request(local_ray, t
 def test_a_long_file_is_read_in_blocks_and_scored_in_order(local_ray, tmp_path, image_server, model, tiny_model,
                                                            photos):
     """A file of many rows is split by its read task, each block flows on by itself, and
-    the output still has every row once, in input order."""
+    the output still has every row once, in input order, though the first block is the slowest."""
     names = ["chelsea", "coffee", "rocket", "retina", None]  # None: a 404 every fifth row
     rows = [(image_server.url(f"photo/{names[i % 5]}.jpg" if names[i % 5] else "status/404"),
              f"row {i}: {names[i % 5]}") for i in range(1500)]
+    # The first row's host takes 1.5 s (/slow serves chelsea): its block comes back after
+    # later ones, so only order-keeping puts it first in the output.
+    rows[0] = (image_server.url("slow/1.5"), rows[0][1])
     path = tmp_path / "long.csv"
     pacsv.write_csv(pa.table({"id": [f"{i:04d}" for i in range(len(rows))],
                               "image_url": [r[0] for r in rows], "caption": [r[1] for r in rows]}), path)
@@ -198,7 +201,9 @@ def test_a_long_file_is_read_in_blocks_and_scored_in_order(local_ray, tmp_path, 
     read = read_records(str(path), input_schema(str(path), ["id", "image_url", "caption"])).materialize()
     assert read.num_blocks() == blocks
     out = tmp_path / "long.scored.csv"
-    score_file(str(path), str(out), model=model, fetch=FAST_FETCH, progress=False)
+    # two fetch actors, so that later blocks can overtake the slow first one
+    score_file(str(path), str(out), model=model, fetch=FAST_FETCH, progress=False,
+               pipeline=PipelineConfig(fetch_actors=2))
     table = pacsv.read_csv(out, convert_options=pacsv.ConvertOptions(column_types={"id": pa.string()}))
     assert table.column("id").to_pylist() == [f"{i:04d}" for i in range(len(rows))]
     assert table.column("caption").to_pylist() == [r[1] for r in rows]

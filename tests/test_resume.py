@@ -150,3 +150,59 @@ def test_retry_errors_refetches_only_retryable_failures_and_merges_them_in_place
         "rows_in": len(rows), "rows_out": stats["rows"], "failed_first": sum(k is not None for k in kinds),
         "retryable": sum(is_retryable(k) for k in kinds), "refetched": sum(refetched.values()),
         "recovered": len(redone), "other_rows_unchanged": len(rows) - len(redone)})
+
+
+def test_retry_errors_in_place_on_parquet_with_cosine_and_its_stats(image_server, tmp_path, tiny_model, photos,
+                                                                    local_ray):
+    """`--retry-errors` writing back to the previous output itself, a Parquet one with a
+    ``cosine`` column: the re-scored rows get both columns right (against transformers' own
+    CLIP), the other rows are untouched, and the stats file names the input (not the
+    output), counts only the re-scored rows' truncated captions, and times this run by a
+    clock the test holds."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from reference import reference_cosines
+    from tis_ray import rescore_errors, score_file
+    from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
+
+    long_caption = "a very long caption about a small cat " * 40  # far past the tiny model's 77 tokens
+    rows = [
+        (image_server.url("photo/chelsea.jpg"), long_caption),  # fine at once: carried, truncated
+        (image_server.url("flaky/redo-inplace-1/coffee.jpg"), long_caption),  # 500, then fine: truncated
+        (image_server.url("flaky/redo-inplace-2/rocket.jpg"), "a rocket"),  # 500, then fine
+        (image_server.url("status/404"), "gone"),  # not retryable
+    ]
+    source = tmp_path / "pairs.csv"
+    with open(source, "w", newline="") as f:
+        csv.writer(f).writerows([("image_url", "caption"), *rows])
+    output = tmp_path / "scored.parquet"
+    settings = {"model": ModelConfig(model=tiny_model, device="cpu", dtype="float32"),
+                "fetch": FetchConfig(timeout_s=5.0, retries=0), "progress": False}
+    score_file(str(source), str(output), pipeline=PipelineConfig(with_cosine=True), **settings)
+    before = pq.read_table(output)
+    assert [error_kind(e) for e in before.column("error").to_pylist()] == [None, "http_500", "http_500", "http_404"]
+
+    started = time.monotonic()
+    rescore_errors(str(source), str(output), str(output), **settings)
+    wall = time.monotonic() - started
+
+    after = pq.read_table(output)
+    assert after.column_names == ["image_url", "caption", "similarity", "cosine", "error"]
+    for i in (0, 3):
+        assert after.slice(i, 1).equals(before.slice(i, 1)), i
+    want = reference_cosines(tiny_model, [photos["coffee"], photos["rocket"]], [long_caption, "a rocket"])
+    for i, cosine in zip((1, 2), want):
+        assert after.column("error")[i].as_py() is None
+        assert abs(after.column("cosine")[i].as_py() - cosine) <= 1e-4
+        assert abs(after.column("similarity")[i].as_py() - (cosine + 1) / 2) <= 1e-4
+
+    stats = assert_stats_add_up(output, len(rows))
+    assert stats["input"] == str(source.resolve()) != stats["output"]
+    assert (stats["mode"], stats["rows_carried_over"], stats["rows_scored_now"]) == ("retry_errors", 2, 2)
+    assert stats["truncated_captions"] == 1  # row 1; row 0's truncation was the first run's
+    assert 0 < stats["seconds"] <= wall + 0.01
+    # rows scored now over this run's seconds, and no faster than the test's own clock allows
+    assert abs(stats["pairs_per_second"] * stats["seconds"] - 2) <= 0.005 * stats["seconds"] + 0.01  # 2-place rounding
+    assert stats["pairs_per_second"] >= 2 / wall * 0.99

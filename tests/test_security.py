@@ -469,3 +469,41 @@ def test_a_batch_job_reports_opted_out_rows_and_counts_them(local_ray, tiny_mode
         assert stats["errors_by_kind"] == {"opted_out": 1}
     finally:
         server.close()
+
+
+def test_an_unexpected_exception_costs_its_row_an_internal_error_and_the_batch_goes_on(photos):
+    """README: hostile input costs one row, never the job. A preparer that raises something
+    no stage expects (a bug's ZeroDivisionError) for one image: that row gets
+    ``internal_error`` naming the exception, and its neighbours' pixels are the ones they get
+    in a batch of their own."""
+    import numpy as np
+    import pyarrow as pa
+
+    from tis_ray.columns import FETCH_ERROR, PIXELS
+    from tis_ray.fetch_stage import FetchStage
+
+    def run(refs: list[str]) -> pa.Table:
+        async def main():
+            stage = FetchStage("image", "caption", "/", FAST, SPEC)
+            real = stage.preparer.from_source
+
+            async def from_source(source):
+                if source.location.endswith("rocket.jpg"):
+                    raise ZeroDivisionError("division by zero")
+                return await real(source)
+
+            stage.preparer.from_source = from_source
+            try:
+                return await stage(pa.table({"image": refs, "caption": ["a photo"] * len(refs)}))
+            finally:
+                await stage.preparer.close()
+        return asyncio.run(main())
+
+    good = [str(photos["chelsea"]), str(photos["coffee"])]
+    mixed = run([good[0], str(photos["rocket"]), good[1]])
+    alone = run(good)
+    assert mixed.column(FETCH_ERROR).to_pylist() == [None, "internal_error: ZeroDivisionError: division by zero", None]
+    pixels = np.array(mixed.column(PIXELS).to_pylist(), dtype=np.uint8)
+    assert (pixels[[0, 2]] == np.array(alone.column(PIXELS).to_pylist(), dtype=np.uint8)).all()
+    assert pixels[0].any() and pixels[2].any()
+    assert not pixels[1].any()  # the failed row carries no pixels

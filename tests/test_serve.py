@@ -74,6 +74,20 @@ class UpstreamServer(RawServer):
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
+OPEN_BATCHING = {"max_batch_size": 16, "batch_wait_ms": 50}
+
+
+def deploy_open(tiny_model, image_server, upstream, user_config: dict) -> None:
+    """Deploy (or redeploy) the "open" app: loopback allowed on the test servers' ports."""
+    from ray import serve
+
+    base = {"model": tiny_model, "device": "cpu", "dtype": "float32", "timeout_s": 3}
+    ports = [image_server.httpd.server_address[1], upstream.port]
+    serve.run(ScoringService.options(ray_actor_options={"num_cpus": 0.25}, user_config=user_config).bind(
+        **service_options({**base, "allow_hosts": ["127.0.0.1"], "allow_ports": ports})),
+        name="open", route_prefix="/open")
+
+
 @pytest.fixture(scope="module")
 def service(local_ray, tiny_model, monkeypatch_module, batch_results, image_server, upstream):
     """Three apps on one Serve instance: loopback allowed (on the test servers' ports), default
@@ -86,10 +100,7 @@ def service(local_ray, tiny_model, monkeypatch_module, batch_results, image_serv
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = {"model": tiny_model, "device": "cpu", "dtype": "float32", "timeout_s": 3}
     small = {"num_cpus": 0.25}
-    batching = {"max_batch_size": 16, "batch_wait_ms": 50}
-    serve.run(ScoringService.options(ray_actor_options=small, user_config=batching).bind(
-        **service_options({**base, "allow_hosts": ["127.0.0.1"], "allow_ports": [image_port, upstream.port]})),
-        name="open", route_prefix="/open")
+    deploy_open(tiny_model, image_server, upstream, OPEN_BATCHING)
     serve.run(ScoringService.options(ray_actor_options=small).bind(
         **service_options({**base, "allow_hosts": [f"localhost:{image_port}"], "max_body_bytes": 200_000,
                            "max_pairs": 8, "max_image_bytes": GUARDED_MAX_BYTES,
@@ -362,3 +373,31 @@ def test_the_metric_names_in_the_readme_are_the_ones_ray_exports(service, image_
     assert exported == documented
     errors_by_kind = _prometheus_value(ray_metrics_port, "ray_tis_pair_errors_total{")
     assert errors_by_kind and all(re.search(r'kind="[a-z_0-9]+"', key) for key in errors_by_kind), errors_by_kind
+
+
+def test_a_new_user_config_applies_to_the_running_app(service, tiny_model, image_server, upstream, monkeypatch):
+    """README: batch size and wait are the deployment's ``user_config``. Redeploying the
+    running app with new values: `/v1/model` shows them, and the wait is real: a lone pair
+    waits out a 1.5 s batch window (by the test's clock) and no longer does once the window
+    is back to 50 ms. (A Python `serve.run` gives each deploy a new code version, so Serve
+    starts a new replica here; that a config file's `serve deploy` keeps it is not shown.)"""
+    monkeypatch.delenv("TIS_API_KEY", raising=False)  # the open app was built without a key
+    pair = {"pairs": [{"image_url": image_server.url("photo/chelsea.jpg"), "caption": "a cat"}]}
+
+    def timed_score() -> float:
+        started = time.monotonic()
+        status, body = call(f"{service}/open/v1/score", pair)
+        assert status == 200 and body["results"][0]["error"] is None, body
+        return time.monotonic() - started
+
+    timed_score()  # warm: the first request pays for connections, not batching
+    try:
+        deploy_open(tiny_model, image_server, upstream, {"max_batch_size": 3, "batch_wait_ms": 1500})
+        info = call(f"{service}/open/v1/model")[1]
+        assert (info["max_batch_size"], info["batch_wait_ms"]) == (3, 1500.0)
+        assert timed_score() >= 1.4  # a batch of one is sent only when the 1.5 s window closes
+    finally:
+        deploy_open(tiny_model, image_server, upstream, OPEN_BATCHING)
+    info = call(f"{service}/open/v1/model")[1]
+    assert (info["max_batch_size"], info["batch_wait_ms"]) == (16, 50.0)
+    assert timed_score() < 1.4

@@ -144,3 +144,17 @@ def test_s3_image_errors_name_the_object_without_secrets(s3):
         storage.read_object(url("big.jpg"), max_bytes=1024)
     assert big.value.kind == errors.TOO_LARGE
     assert storage.read_object(url("big.jpg"), max_bytes=4096) == b"\xff" * 2048
+
+
+def test_an_object_store_that_cannot_be_reached_is_a_storage_error_not_a_missing_file():
+    """README's error table: ``storage_error`` when an object store refuses or fails a read,
+    kept apart from ``file_not_found`` (the object is not there), which a retry cannot mend.
+    The endpoint is a closed port on 127.0.0.1: nothing answers, so nothing can say "missing"."""
+    port = free_port()  # bound, then released: nothing listens there
+    url = (f"s3://testing:testing@photos/cat.jpg?endpoint_override=127.0.0.1:{port}&scheme=http"
+           "&region=us-east-1&connect_timeout=1&request_timeout=1")
+    with pytest.raises(RowError) as failed:
+        storage.read_object(url, max_bytes=1024)
+    assert failed.value.kind == errors.STORAGE_ERROR, failed.value
+    assert str(failed.value).startswith("storage_error: s3://photos/cat.jpg: ")  # no keys, no query
+    assert "testing:testing" not in str(failed.value)

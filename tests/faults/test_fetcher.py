@@ -186,3 +186,54 @@ def test_a_reply_that_breaks_http_is_a_short_connection_error():
     assert isinstance(error, RowError) and error.kind == errors.CONNECTION_ERROR, error
     assert "ClientResponseError" in error.detail and len(error.detail) < 400
     assert server.hits["t/lying"] == 2  # retried, like any broken connection
+
+
+def test_a_wait_for_a_busy_host_does_not_count_against_the_timeout(servers):
+    """README: waiting for a slot to a busy host is not part of an image's `--timeout`.
+
+    One slot per host and three half-second replies: the third waits about a second for
+    the slot, then half a second for its reply, well past a 0.8 s timeout, and still succeeds.
+    """
+    strict, _, _ = servers
+    cfg = FetchConfig(timeout_s=0.8, retries=0, per_host_limit=1)
+
+    async def main():
+        fetcher = ImageFetcher(cfg)
+        started = asyncio.get_running_loop().time()
+        results = await gather_fetches(fetcher, *(source(strict, f"slow/{i}") for i in range(3)))
+        took = asyncio.get_running_loop().time() - started
+        await fetcher.close()
+        return results, took
+
+    results, took = asyncio.run(main())
+    assert results == [PHOTO] * 3
+    assert took > 1.4 > cfg.timeout_s  # the last one was waited for much longer than its timeout
+    assert len(strict.arrivals) == 3  # one request each: nothing timed out and was tried again
+
+
+def test_a_back_off_that_began_before_an_images_first_attempt_does_not_count_against_its_timeout(servers):
+    """README: a back-off another image's 429 started, waited before this image's first
+    attempt, is not part of this image's `--timeout`; the 429'd image's own wait is.
+
+    The strict host answers 429 with ``Retry-After: 2``: the first image, with no retries
+    left, fails at once; the next image to that host waits the 2 s out and then succeeds,
+    though its timeout is 1 s.
+    """
+    strict, _, strict_route = servers
+    cfg = FetchConfig(timeout_s=1.0, retries=0, retry_after_cap_s=5.0)
+
+    async def main():
+        fetcher = ImageFetcher(cfg)
+        first = await gather_fetches(fetcher, source(strict, "img/first"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        second = await gather_fetches(fetcher, source(strict, "img/second"))
+        took = loop.time() - started
+        await fetcher.close()
+        return first[0], second[0], took
+
+    first, second, took = asyncio.run(main())
+    assert isinstance(first, RowError) and first.kind == "http_429", first
+    assert second == PHOTO
+    assert took > 1.5 > cfg.timeout_s  # it waited out most of the 2 s window, past its own timeout
+    assert strict_route.refused == 1  # the second image was not sent inside the window
