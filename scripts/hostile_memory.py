@@ -3,7 +3,7 @@
 Prepares REQUESTS x IMAGES copies of a flat PNG (tiny on the wire, huge when decoded)
 at once through one `ImagePreparer` with the service's settings, as a replica does for
 that many concurrent requests, and prints the resident memory before, at the peak and
-after, as JSON. Run it in a fresh process: the peak is the process's own high-water mark.
+after, as JSON. The peak is the process's high-water mark (VmHWM), reset just before the images are prepared.
 
     python scripts/hostile_memory.py --side 6300 --mode RGBA --max-pixels 40000000 --model DIR
 """
@@ -15,7 +15,7 @@ import asyncio
 import io
 import json
 import os
-import resource
+import re
 
 from PIL import Image
 
@@ -23,6 +23,18 @@ from PIL import Image
 def resident_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reset_peak() -> None:
+    """Start the high-water mark afresh (Linux), so that imports and set-up do not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_mib() -> float:
+    """The resident high-water mark since `reset_peak`."""
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
 
 
 def flat_png(side: int, mode: str) -> bytes:
@@ -40,8 +52,9 @@ async def prepare_all(data: bytes, count: int, max_pixels: int, model: str) -> d
 
     preparer = ImagePreparer(FetchConfig(max_pixels=max_pixels), load_preprocess_spec(model))
     before = resident_mib()
+    reset_peak()
     outcomes = await asyncio.gather(*(preparer.from_bytes(data) for _ in range(count)), return_exceptions=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mib()
     await preparer.close()
     kinds = sorted({o.kind if isinstance(o, RowError) else "scored" for o in outcomes})
     return {"before_mib": round(before), "peak_mib": round(peak), "after_mib": round(resident_mib()),

@@ -41,8 +41,8 @@ class OpenedReport:
         self.page.fill("#keep-top", percent)
 
 
-@pytest.fixture(scope="session")
-def chromium():
+@pytest.fixture(scope="module")  # Playwright's sync API keeps an event loop running until it stops:
+def chromium():                   # stopped with the module, so later tests can run their own (asyncio.run)
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); "
                     "the report tests need a real browser")

@@ -32,7 +32,7 @@ from .columns import RUNTIME, TRUNCATED  # noqa: E402
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig  # noqa: E402
 from .loading import load_preprocess_spec  # noqa: E402
 from .preprocess import PreprocessSpec  # noqa: E402
-from .records import RESULT_COLUMNS  # noqa: E402
+from .records import ResultColumns  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ def with_scores(
     missing = [c for c in (image_column, caption_column) if c not in df.columns]
     if missing:
         raise ValueError(f"no column {missing[0]!r} in the DataFrame (columns: {', '.join(df.columns)})")
-    clashing = [c for c in RESULT_COLUMNS if c in df.columns]
+    clashing = [c for c in ResultColumns().names if c in df.columns]
     if clashing:
         raise ValueError(f"the DataFrame already has a {clashing[0]!r} column; rename or drop it first")
     job = _Job(image_column, caption_column, os.getcwd(), load_preprocess_spec(model),
