@@ -13,13 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import errors
 from .config import FetchConfig
 from .decode import decode_image, release_decode_memory
-from .errors import RowError
 from .fetch import ImageFetcher
 from .preprocess import PreprocessSpec, min_decode_side, resize_and_crop
-from .sources import ImageSource
+from .sources import ImageSource, within_byte_cap
 
 
 def bytes_to_pixels(data: bytes, spec: PreprocessSpec, max_pixels: int, reduced_decode: bool = True) -> np.ndarray:
@@ -58,11 +56,9 @@ class ImagePreparer:
 
     async def from_bytes(self, data: bytes) -> np.ndarray:
         """Bytes fetched or given inline (the service's ``image_base64``), held to the same byte cap."""
-        if len(data) > self.fetch.max_bytes:
-            raise RowError(errors.TOO_LARGE, f"the image is {len(data)} bytes, over {self.fetch.max_bytes}")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self.decoder, bytes_to_pixels, data, self.spec, self.fetch.max_pixels, self.fetch.reduced_decode
+            self.decoder, bytes_to_pixels, within_byte_cap(data, self.fetch.max_bytes), self.spec, self.fetch.max_pixels, self.fetch.reduced_decode
         )
 
     async def close(self) -> None:

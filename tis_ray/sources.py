@@ -43,6 +43,11 @@ def checked_image_bytes(data: bytes, max_bytes: int) -> bytes:
     """Image bytes held in the input, under the same byte cap as a fetched image."""
     if not data:
         raise RowError(MISSING_IMAGE, "the image cell holds no bytes")
+    return within_byte_cap(data, max_bytes)
+
+
+def within_byte_cap(data: bytes, max_bytes: int) -> bytes:
+    """`data`, or `RowError` (too_large) when it is over the cap every image is held to."""
     if len(data) > max_bytes:
         raise RowError(TOO_LARGE, f"the image is {len(data)} bytes, over the limit of {max_bytes}")
     return data
