@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_cell(model: str, csv: str, later_calls: int) -> dict:
     """In a fresh process: the first call, the later calls, and one call through the other path."""
     import ray
-
     from bench import read_csv
+
     from tis_ray import Scorer, score_pairs
     from tis_ray.session import DIRECT_MAX_PAIRS
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench import build_model, image_server, prefix
 from benchkit import model_only, pipeline_run
 from benchkit.workload import WorkloadSpec, build

@@ -15,7 +15,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-$repo/.venv/bin/python}
 [ -x "$python" ] || python=python3
 modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(netguard sources records hosts decode preprocess scoring)
+[ ${#modules[@]} -gt 0 ] || modules=(netguard sources columns tables records hosts decode preprocess scorer)
 zero=" ${ZERO_SURVIVORS:-netguard} "
 # Survivors judged harmless (equivalent mutants, unreachable defensive lines), one per line
 # with the reason after "#"; a survivor not listed there is a missing test.
@@ -25,11 +25,11 @@ tests_for() {  # the unit tests that pin each module down (no Ray, no model down
   case $1 in
     netguard) echo "tests/test_netguard.py tests/test_security.py" ;;
     sources) echo "tests/test_sources.py tests/test_sources_fuzz.py" ;;
-    records) echo "tests/test_records.py tests/test_records_fuzz.py" ;;
+    columns|tables|records) echo "tests/test_records.py tests/test_records_fuzz.py" ;;
     hosts) echo "tests/test_hosts.py" ;;
     decode) echo "tests/test_decode.py" ;;
     preprocess) echo "tests/test_preprocess.py" ;;
-    scoring) echo "tests/test_scoring.py" ;;
+    scorer) echo "tests/test_scoring.py tests/test_scorer.py" ;;
     *) echo "unknown module $1" >&2; return 2 ;;
   esac
 }

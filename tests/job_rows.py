@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-
 from reference import reference_similarities, tolerance
+
 from tis_ray.errors import error_kind
 
 

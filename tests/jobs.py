@@ -15,7 +15,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 import tis_ray
-
 from tis_ray.checkpoint import PART_NAME
 from tis_ray.errors import error_kind
 

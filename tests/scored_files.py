@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-
 from conftest import PHOTO_NAMES
 
 KINDS = ("http_404", "timeout", "decode_error", "file_not_found")

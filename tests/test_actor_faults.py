@@ -12,9 +12,9 @@ import threading
 import time
 
 import ray._private.state  # the GCS actor table; the state API needs a dashboard this Ray does not run
-
 from figures import record_figures
 from jobs import assert_stats_add_up, rows_durable
+
 from tis_ray import score_file
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, ImageServer, loopback_ray_env
 from job_rows import check_scored, read_scored_csv, write_pairs_csv
 from jobs import assert_stats_add_up

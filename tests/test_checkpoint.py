@@ -9,9 +9,8 @@ import pyarrow.csv as pacsv
 import pytest
 
 from tis_ray.checkpoint import Checkpoint, JobIdentity, checkpoint_dir
-from tis_ray.errors import is_retryable
-from tis_ray.records import InputError
-from tis_ray.redo import inputs_of, merge, read_previous_output, retryable_rows
+from tis_ray.errors import InputError, is_retryable
+from tis_ray.retry_errors import inputs_of, merge, read_previous_output, retryable_rows
 
 SETTINGS = {"model": "tiny", "dtype": "float32", "timeout_s": 10.0, "with_cosine": False}
 

@@ -7,12 +7,11 @@ import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
-
 from conftest import REPO
 from jobs import assert_stats_add_up, read_output, run_cli
-from shard_files import good_shard
 from reference import reference_similarities, tolerance
+from shard_files import good_shard
+
 from tis_ray.errors import error_kind
 
 

@@ -8,9 +8,8 @@ import copy
 import jsonschema
 import pytest
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
-
 from conftest import REPO
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 
 def _load() -> dict:
@@ -61,7 +60,6 @@ def test_setup_installs_the_pinned_torch_and_the_wheel_everywhere(config):
 
 def test_constraints_pin_every_dependency_within_the_projects_own_ranges():
     import tomllib
-
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 

@@ -15,12 +15,11 @@ import subprocess
 import sys
 
 import pytest
-from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
-
 from conftest import free_port, loopback_ray_env
 from job_rows import check_scored, read_scored_csv, sample_rows, write_pairs_csv
 from jobs import assert_stats_add_up
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
 
 
 @pytest.fixture(scope="module")

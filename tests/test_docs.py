@@ -7,11 +7,16 @@ import argparse
 import re
 
 import pytest
-
 from conftest import REPO
+
 from tis_ray import errors
 from tis_ray.cli import build_parser
-from tis_ray.config import SERVE_BATCH_WAIT_MS, SERVE_MAX_BATCH_SIZE, SERVE_MAX_PIXELS, FetchConfig
+from tis_ray.config import (
+    SERVE_BATCH_WAIT_MS,
+    SERVE_MAX_BATCH_SIZE,
+    SERVE_MAX_PIXELS,
+    FetchConfig,
+)
 from tis_ray.http_api import MAX_CAPTION_CHARS
 from tis_ray.serve import ServiceLimits
 

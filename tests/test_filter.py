@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from jobs import run_cli
 from scored_files import scored_table, write_scored
+
 from tis_ray.histogram import Histogram, to_bins
 
 

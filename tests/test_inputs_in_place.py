@@ -10,14 +10,13 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from jobs import assert_stats_add_up
 from reference import EXACT_TOLERANCE, reference_similarities
 from shard_files import Expected, bad_shard, good_shard
-from tis_ray import checkpoint, rescore_errors, score_file
+
+from tis_ray import checkpoint, retry_errors, score_file
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
-from tis_ray.errors import error_kind
-from tis_ray.records import InputError
+from tis_ray.errors import InputError, error_kind
 
 FULL_DECODE = FetchConfig(reduced_decode=False)
 SMALL_BATCHES = PipelineConfig(batch_size=16)
@@ -110,7 +109,7 @@ def test_retry_errors_on_shards_copies_the_previous_output(shards, scored_shards
     """Nothing in a shard is fetched, so nothing fails in a way worth retrying: the output is copied."""
     folder, expected = shards
     out = tmp_path / "retried.parquet"
-    summary = rescore_errors(str(folder / "{00000..00002}.tar"), str(scored_shards[0]), str(out), model=model,
+    summary = retry_errors(str(folder / "{00000..00002}.tar"), str(scored_shards[0]), str(out), model=model,
                              keep_json_fields=("width", "source"), progress=False)
     assert pq.read_table(out).equals(pq.read_table(scored_shards[0]))
     stats = assert_stats_add_up(out, len(expected))

@@ -7,9 +7,9 @@ import shlex
 
 import pytest
 import yaml
+from conftest import REPO
 from ray.serve.schema import ServeDeploySchema
 
-from conftest import REPO
 from tis_ray.cli import build_parser, run_score
 from tis_ray.serve import APP_ARGS
 

@@ -10,17 +10,22 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import ray
-from PIL import Image
-
 from conftest import REPO
 from jobs import assert_stats_add_up
-from reference import EXACT_TOLERANCE, REDUCED_DECODE_TOLERANCE, reference_similarities, tolerance
+from PIL import Image
+from reference import (
+    EXACT_TOLERANCE,
+    REDUCED_DECODE_TOLERANCE,
+    reference_similarities,
+    tolerance,
+)
+
 from tis_ray import Record, score_dataset, score_file, score_pairs
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 from tis_ray.errors import error_kind
 from tis_ray.pipeline import cluster_capacity, input_blocks, read_records
-from tis_ray.placement import CPU_SCORER_BUFFER_BYTES
-from tis_ray.records import input_schema
+from tis_ray.pool_sizing import CPU_SCORER_BUFFER_BYTES
+from tis_ray.tables import input_schema
 
 FAST_FETCH = FetchConfig(timeout_s=2.0, retries=1, backoff_s=0.05, max_bytes=1_000_000)
 

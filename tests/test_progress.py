@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 from conftest import REPO
-from tis_ray.records import count_rows
+
+from tis_ray.tables import count_rows
 
 LINE = re.compile(r"tis-ray: ([\d,]+)/([\d,?]+) rows.*? \| errors ([\d,]+)(?: \((.*)\))?$")
 

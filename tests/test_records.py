@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tis_ray import errors
-from tis_ray.errors import RowError
-from tis_ray.records import (InputError, ResultColumns, check_caption, image_bytes_columns, input_format,
-                             pick_columns, read_columns)
+from tis_ray.columns import ResultColumns, image_bytes_columns, pick_columns
+from tis_ray.errors import InputError, RowError
+from tis_ray.records import check_caption
+from tis_ray.tables import input_format, read_columns
 
 # --- read_columns -----------------------------------------------------------
 

@@ -15,8 +15,9 @@ import pyarrow.csv as pacsv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tis_ray.columns import pick_columns
 from tis_ray.output import write_atomically
-from tis_ray.records import csv_read_options, input_schema, pick_columns, read_columns
+from tis_ray.tables import csv_read_options, input_schema, read_columns
 
 # Any Unicode that UTF-8 can carry: everything but surrogates.
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=60)
@@ -81,7 +82,7 @@ def test_any_header_is_read_as_written(tmp_path_factory, names, bom):
 @FUZZ
 @given(names=NAMES, image=st.integers(0, 5), caption=st.integers(0, 5))
 def test_explicit_columns_are_picked_or_refused_with_a_message(names, image, caption):
-    from tis_ray.records import InputError
+    from tis_ray.errors import InputError
 
     image_name, caption_name = names[image % len(names)], names[caption % len(names)]
     try:

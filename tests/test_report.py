@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-from scipy.stats import spearmanr
-
 from browser import chromium, open_report  # noqa: F401 - chromium is a fixture
 from conftest import PHOTO_NAMES, REPO
 from jobs import read_output, run_cli
+from PIL import Image
+from scipy.stats import spearmanr
 from scored_files import scored_table, write_scored
+
 from tis_ray.errors import error_kind
 
 MAX_REPORT_BYTES = 5 * 1024 * 1024

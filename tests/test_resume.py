@@ -13,14 +13,15 @@ import time
 from collections import Counter
 
 import pytest
-
 from conftest import PACED_PHOTOS, ImageServer
 from conftest import PACED_ROWS as ROWS
 from figures import record_figures
 from jobs import assert_stats_add_up, read_output, rows_durable, run_cli
 from reference import reference_similarities
+
 from tis_ray.cli import main
 from tis_ray.errors import error_kind, is_retryable
+
 
 @pytest.fixture(scope="module")
 def job(paced_job, tiny_model, local_ray):
@@ -159,12 +160,11 @@ def test_retry_errors_in_place_on_parquet_with_cosine_and_its_stats(image_server
     CLIP), the other rows are untouched, and the stats file names the input (not the
     output), counts only the re-scored rows' truncated captions, and times this run by a
     clock the test holds."""
-    import json
 
     import pyarrow.parquet as pq
-
     from reference import reference_cosines
-    from tis_ray import rescore_errors, score_file
+
+    from tis_ray import retry_errors, score_file
     from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 
     long_caption = "a very long caption about a small cat " * 40  # far past the tiny model's 77 tokens
@@ -185,7 +185,7 @@ def test_retry_errors_in_place_on_parquet_with_cosine_and_its_stats(image_server
     assert [error_kind(e) for e in before.column("error").to_pylist()] == [None, "http_500", "http_500", "http_404"]
 
     started = time.monotonic()
-    rescore_errors(str(source), str(output), str(output), **settings)
+    retry_errors(str(source), str(output), str(output), **settings)
     wall = time.monotonic() - started
 
     after = pq.read_table(output)

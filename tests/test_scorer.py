@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from reference import reference_cosines
+
 from tis_ray.config import ModelConfig
-from tis_ray.loading import ModelLoadError, resolve_dtype
+from tis_ray.errors import ModelLoadError
+from tis_ray.loading import resolve_dtype
 from tis_ray.preprocess import resize_and_crop
 from tis_ray.scorer import ClipScorer
 

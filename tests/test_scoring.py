@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tis_ray.scoring import SIMILARITY_DECIMALS, cosine_rows, similarity_from_cosine
+from tis_ray.scorer import SIMILARITY_DECIMALS, cosine_rows, similarity_from_cosine
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

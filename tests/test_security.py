@@ -17,19 +17,18 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-from pathlib import Path
 
 import aiohttp
 import aiohttp.helpers
 import pytest
 import yarl
+from conftest import REPO
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from conftest import REPO
 from raw_server import RawServer
 from test_netguard import PHOTO, StubResolver, guarded_fetch, hop_server, loopback  # noqa: F401 - fixtures
+
 from tis_ray import errors
 from tis_ray.config import FetchConfig
 from tis_ray.errors import RowError
@@ -37,7 +36,6 @@ from tis_ray.fetch import ImageFetcher
 from tis_ray.http_api import public_error_text
 from tis_ray.netguard import (
     AddressPolicy,
-    guarded_fetcher_parts,
     literal_address,
     make_url_check,
 )
@@ -451,6 +449,7 @@ def test_requests_identify_tis_ray():
 def test_a_batch_job_reports_opted_out_rows_and_counts_them(local_ray, tiny_model, image_server, tmp_path):
     """Batch honours the opt-out too: the row is kept, with its kind, and the stats file counts it."""
     from jobs import assert_stats_add_up, read_output
+
     from tis_ray import score_file
     from tis_ray.config import ModelConfig
 

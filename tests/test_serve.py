@@ -6,8 +6,8 @@ import asyncio
 import base64
 import io
 import json
-import re
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -15,10 +15,10 @@ import urllib.request
 
 import aiohttp
 import pytest
-from PIL import Image
-
 from conftest import PHOTOS, free_port
+from PIL import Image
 from raw_server import RawServer
+
 from tis_ray import score_pairs
 from tis_ray.config import SERVE_MAX_PIXELS, FetchConfig
 from tis_ray.errors import error_kind

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, free_port, loopback_ray_env
 from reference import reference_similarities
+
 from tis_ray.errors import error_kind
 
 BIN = Path(sys.executable).parent

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+from conftest import free_port
 from hypothesis import HealthCheck, given, settings
 
-from conftest import free_port
 from tis_ray.serve import ScoringService, service_options
 
 

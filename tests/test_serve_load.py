@@ -23,11 +23,11 @@ import aiohttp
 import numpy as np
 import pytest
 import ray._private.state  # the GCS actor table; the state API needs a dashboard this Ray does not run
+from conftest import free_port
+from figures import record_figures
 from PIL import Image
 from pydantic import ValidationError
 
-from conftest import free_port
-from figures import record_figures
 from tis_ray.config import SERVE_MAX_ONGOING_REQUESTS, SERVE_MAX_QUEUED_REQUESTS
 from tis_ray.http_api import ScoreResponse
 from tis_ray.serve import ScoringService, service_options

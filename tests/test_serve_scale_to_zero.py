@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, free_port, loopback_ray_env
 from reference import reference_similarities
 

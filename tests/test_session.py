@@ -8,8 +8,8 @@ import time
 
 import pytest
 import ray
-
 from reference import reference_similarities, tolerance
+
 from tis_ray import Record, Scorer, release_scorers, score_pairs
 from tis_ray.config import FetchConfig, ModelConfig
 from tis_ray.errors import error_kind

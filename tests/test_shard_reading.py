@@ -8,9 +8,9 @@ import json
 import tarfile
 
 import pytest
-
 from shard_files import bad_shard, good_shard, photo_sample, write_shard
-from tis_ray.records import InputError
+
+from tis_ray.errors import InputError
 from tis_ray.shards import expand_braces, is_shard_input, list_shards
 from tis_ray.tar_samples import SampleLayout, read_samples, split_name
 

@@ -8,7 +8,13 @@ import pytest
 
 from tis_ray import errors
 from tis_ray.errors import RowError
-from tis_ray.sources import ImageSource, base_dir_of, checked_image_bytes, classify_image_ref, image_value
+from tis_ray.sources import (
+    ImageSource,
+    base_dir_of,
+    checked_image_bytes,
+    classify_image_ref,
+    image_value,
+)
 
 BASE = os.path.abspath(os.sep + os.path.join("data", "inputs"))
 

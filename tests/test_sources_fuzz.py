@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 
 import yarl
-from hypothesis import given, settings
-from hypothesis import provisional
+from hypothesis import given, provisional, settings
 from hypothesis import strategies as st
 
 from tis_ray import errors

@@ -10,8 +10,8 @@ import sys
 
 import pyarrow as pa
 import pytest
-
 from job_rows import read_scored_csv
+
 from tis_ray.errors import error_kind
 
 pytestmark = pytest.mark.integration

@@ -8,18 +8,18 @@ import json
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import free_port
 from job_rows import check_scored, read_scored_csv, sample_rows, write_pairs_csv
 from jobs import assert_stats_add_up
 from reference import reference_similarities, tolerance
 from shard_files import good_shard
+
 from tis_ray import errors, score_file, storage
 from tis_ray.config import FetchConfig, ModelConfig
-from tis_ray.errors import RowError
+from tis_ray.errors import InputError, RowError
 from tis_ray.output import check_output_path
-from tis_ray.records import InputError, read_columns
 from tis_ray.sources import base_dir_of
+from tis_ray.tables import read_columns
 
 FAST_FETCH = FetchConfig(timeout_s=5.0, retries=1, backoff_s=0.05)
 

@@ -5,12 +5,12 @@ __version__ = "0.1.0"
 from .records import Record, ScoreResult  # noqa: E402
 
 __all__ = ["Record", "ScoreResult", "Scorer", "score_pairs", "release_scorers", "score_dataset", "score_file",
-           "rescore_errors", "__version__"]
+           "retry_errors", "__version__"]
 
 
 def __getattr__(name: str):
     # The scoring functions import Ray and torch; load them only when used.
-    if name in ("score_pairs", "score_dataset", "score_file", "rescore_errors"):
+    if name in ("score_pairs", "score_dataset", "score_file", "retry_errors"):
         from . import api
 
         return getattr(api, name)

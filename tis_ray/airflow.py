@@ -30,7 +30,11 @@ from .extras import require
 require("airflow.sdk", "airflow", "tis_ray.airflow")
 
 from airflow.sdk import DAG, BaseOperator, Connection, Variable, dag, task  # noqa: E402
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException  # noqa: E402
+from airflow.sdk.exceptions import (  # noqa: E402
+    AirflowException,
+    AirflowFailException,
+    AirflowNotFoundException,
+)
 from airflow.triggers.base import BaseTrigger, TriggerEvent  # noqa: E402
 from ray.job_submission import JobStatus, JobSubmissionClient  # noqa: E402
 

@@ -18,6 +18,7 @@ from ray.data import DataContext, Dataset
 
 from . import storage
 from .checkpoint import Checkpoint
+from .columns import RUNTIME, TRUNCATED, ResultColumns
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
 from .job_input import ShardInput, TableInput, check_input
 from .loading import load_preprocess_spec
@@ -25,9 +26,8 @@ from .output import check_output_path, write_atomically, write_stats
 from .pipeline import add_scores, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
 from .progress import ProgressLine
-from .records import Record, ResultColumns, ScoreResult
-from .redo import inputs_of, merge, read_previous_output, retryable_rows
-from .columns import RUNTIME, TRUNCATED
+from .records import Record, ScoreResult
+from .retry_errors import inputs_of, merge, read_previous_output, retryable_rows
 from .summary import JobSummary
 
 
@@ -120,7 +120,7 @@ def score_file(
     return summary
 
 
-def rescore_errors(
+def retry_errors(
     input_path: str,
     previous_output: str,
     output_path: str,

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .errors import InputError
 from .output import write_durably
-from .records import InputError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -16,15 +16,14 @@ from .config import (
     ModelConfig,
     PipelineConfig,
 )
-from .loading import ModelLoadError
-from .records import InputError
+from .errors import InputError, TisRayError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (InputError, ModelLoadError) as exc:
+    except TisRayError as exc:  # anything the user can fix: one line, exit 2
         print(f"tis-ray: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -175,7 +174,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from .api import rescore_errors, score_file  # imports Ray; keep `--help` fast
+    from .api import retry_errors, score_file  # imports Ray; keep `--help` fast
     from .checkpoint import checkpoint_dir
     from .progress import ProgressLine
 
@@ -197,7 +196,7 @@ def run_score(args: argparse.Namespace) -> int:
     )
     try:
         if args.retry_errors:
-            summary = rescore_errors(args.input, args.retry_errors, args.output, **options)
+            summary = retry_errors(args.input, args.retry_errors, args.output, **options)
         else:
             summary = score_file(args.input, args.output, resume=args.resume,
                                  checkpoint_every_s=args.checkpoint_every, **options)

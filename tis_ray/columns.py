@@ -1,7 +1,17 @@
-"""Names of the internal columns that travel between the stages and never reach the output.
+"""Column names: which input columns hold the image and the caption, what tis-ray's own
+result columns are called, and the internal columns that travel between the stages.
 
-A plain module (no torch, no Ray) so the driver-side code that reads them stays light.
+Everything here is decided before any Ray work starts, so a bad input is one clear
+message, not a failed job. A plain module (no torch, no Ray).
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from .errors import InputError
 
 PIXELS = "__tis_pixels"  # uint8 model-ready pixels, from the fetch stage
 FETCH_ERROR = "__tis_fetch_error"  # the row's error so far (caption or image), from the fetch stage
@@ -12,3 +22,105 @@ RUNTIME = "__tis_runtime"  # "device/dtype" of the scorer that scored the row
 IMAGE_BYTES = "__tis_image"  # the sample's image entry, bytes
 CAPTION = "__tis_caption"  # its caption: the txt entry or a json field
 READ_ERROR = "__tis_read_error"  # what went wrong reading the sample (a cut shard, a missing entry)
+
+# Found by name, ignoring case, in this order: our own names, img2dataset's (url,
+# caption), LAION's, DataComp's and COYO's (URL, TEXT), Hugging Face datasets' (image, text).
+IMAGE_COLUMN_CANDIDATES = ("image_url", "url", "image", "image_path")
+CAPTION_COLUMN_CANDIDATES = ("caption", "text")
+# A column that holds the image itself wins over one that names it: img2dataset's
+# Parquet output has both a `url` and the downloaded bytes in `jpg`.
+IMAGE_BYTES_CANDIDATES = ("image", "jpg", "jpeg", "png", "webp", "img")
+
+
+@dataclass(frozen=True)
+class ResultColumns:
+    """The names of the columns tis-ray adds: ``similarity``, ``cosine``, ``error``, each after `prefix`.
+
+    A prefix keeps them apart from input columns of the same name (LAION ships its own
+    ``similarity``)."""
+
+    prefix: str = ""
+
+    @property
+    def similarity(self) -> str:
+        return f"{self.prefix}similarity"
+
+    @property
+    def cosine(self) -> str:
+        return f"{self.prefix}cosine"
+
+    @property
+    def error(self) -> str:
+        return f"{self.prefix}error"
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        return self.similarity, self.cosine, self.error
+
+
+def image_bytes_columns(schema: pa.Schema) -> frozenset[str]:
+    """The columns that hold images themselves: binary, or Hugging Face's ``{bytes, path}`` struct."""
+    return frozenset(field.name for field in schema if is_image_bytes_type(field.type))
+
+
+def is_image_bytes_type(kind: pa.DataType) -> bool:
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return True
+    return pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+
+
+def check_result_names(columns: list[str], results: ResultColumns = ResultColumns()) -> None:
+    """Refuse an input whose columns would be confused with the results tis-ray adds."""
+    clashes = [c for c in results.names if c in columns]
+    if clashes:
+        example = ResultColumns("tis_")
+        raise InputError(
+            f"the input already has result column(s) {', '.join(clashes)}; rename them, or name tis-ray's "
+            f"own apart with --prefix (--prefix {example.prefix} writes {example.similarity}, {example.error})"
+        )
+
+
+def pick_columns(
+    columns: list[str], image_column: str | None = None, caption_column: str | None = None,
+    *, results: ResultColumns = ResultColumns(), bytes_columns: frozenset[str] = frozenset(),
+) -> tuple[str, str]:
+    """Choose the image and caption columns: the ones asked for, else common names in any case.
+
+    Of `bytes_columns` (those that hold the images themselves), one with an image name
+    is chosen before any column of references."""
+    check_result_names(columns, results)
+    holding = [c for c in columns if c in bytes_columns]
+    image = image_column is None and _find(holding, IMAGE_BYTES_CANDIDATES, "--image-column")
+    if not image:
+        image = _pick(columns, image_column, IMAGE_COLUMN_CANDIDATES, "image", "--image-column")
+    caption = _pick(columns, caption_column, CAPTION_COLUMN_CANDIDATES, "caption", "--caption-column")
+    if image == caption:
+        raise InputError(f"the image and caption columns are the same column {image!r}")
+    return image, caption
+
+
+def _pick(columns: list[str], asked: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
+    if asked is not None:
+        if asked not in columns:
+            raise InputError(f"no {what} column {asked!r} in the input (columns: {', '.join(columns)})")
+        return asked
+    if found := _find(columns, candidates, flag):
+        return found
+    raise InputError(
+        f"cannot find the {what} column: none of {', '.join(candidates)} (in any case) is among "
+        f"the input's columns ({', '.join(columns)}); name it with {flag}"
+    )
+
+
+def _find(columns: list[str], candidates: tuple[str, ...], flag: str) -> str | None:
+    """The first candidate among `columns`: spelt the same, else in another case (``URL``, ``Text``)."""
+    for name in candidates:
+        if name in columns:
+            return name
+        folded = [c for c in columns if c.casefold() == name]
+        if len(folded) == 1:
+            return folded[0]
+        if folded:
+            raise InputError(f"the input has several columns named {name!r} in different cases "
+                             f"({', '.join(folded)}); choose one with {flag}")
+    return None

@@ -63,5 +63,5 @@ class PipelineConfig:
     batch_size: int = 64  # rows per scorer call
     fetch_batch_size: int = 32  # rows per fetch call
     fetch_actors: int | None = None  # None = sized from the cluster
-    scorer_actors: int | None = None  # None = from the GPUs and the job's size (`placement`), or one on CPU
+    scorer_actors: int | None = None  # None = from the GPUs and the job's size (`pool_sizing`), or one on CPU
     with_cosine: bool = False

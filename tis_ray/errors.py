@@ -1,7 +1,12 @@
-"""Row-level failures: every row that cannot be scored carries one of these kinds.
+"""Everything that can go wrong, in two families.
 
-A row error is data, not an exception that escapes: stages catch `RowError` and
-write ``"<kind>: <detail>"`` into the row's ``error`` column.
+- A **row error** is data, not an exception that escapes: stages catch `RowError` and
+  write ``"<kind>: <detail>"`` into the row's ``error`` column; the job goes on.
+- A **user error** (`TisRayError` and its subclasses) stops the job or the request before
+  any work is wasted on it: a bad input, output path, model or request. Its message is one
+  line meant for the user; the CLI prints it and exits 2, the service answers 4xx.
+
+Plain Python, no torch or Ray: `cli` imports this to catch them and stays fast to start.
 """
 
 from __future__ import annotations
@@ -64,3 +69,34 @@ def error_kind(error: str | None) -> str | None:
     if not error:
         return None
     return error.split(":", 1)[0]
+
+
+class TisRayError(Exception):
+    """Something the user can fix; the message (one line) says what and, where it can, how."""
+
+
+class InputError(TisRayError):
+    """The input as a whole, or an option about it, cannot be used."""
+
+
+class OutputError(InputError):
+    """The output path cannot be written (wrong type, missing folder, no permission).
+
+    An `InputError` too: the path is something the user gave the job, and code written to
+    catch `InputError` for it keeps working."""
+
+
+class ModelLoadError(TisRayError):
+    """The model asked for cannot be used (not found, not a supported family, unreachable hub)."""
+
+
+class RequestRejected(TisRayError):
+    """A whole service request refused with a 4xx; each ``detail`` item names a field (``loc``) and why."""
+
+    def __init__(self, status: int, detail: list[dict]):
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+    @classmethod
+    def at(cls, status: int, loc: list[str], msg: str, kind: str) -> RequestRejected:
+        return cls(status, [{"loc": loc, "msg": msg, "type": kind}])

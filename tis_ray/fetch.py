@@ -14,11 +14,10 @@ import asyncio
 import email.utils
 import math
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timezone
-
-import socket
 
 import aiohttp
 import yarl

@@ -19,9 +19,9 @@ from fractions import Fraction
 import numpy as np
 import pyarrow as pa
 
+from .errors import InputError
 from .histogram import Histogram, TopCut, bin_at_least, score_text
 from .output import check_output_path, output_format, write_atomically
-from .records import InputError
 from .scored_output import ScoredOutput
 
 

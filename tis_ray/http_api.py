@@ -10,7 +10,15 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    model_validator,
+)
 
 from . import errors
 from .config import FetchConfig

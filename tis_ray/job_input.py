@@ -13,13 +13,20 @@ import pyarrow as pa
 from ray.data import Dataset
 
 from .checkpoint import JobIdentity
-from .columns import CAPTION, IMAGE_BYTES
+from .columns import (
+    CAPTION,
+    IMAGE_BYTES,
+    ResultColumns,
+    check_result_names,
+    image_bytes_columns,
+    pick_columns,
+)
+from .errors import InputError
 from .pipeline import estimated_rows, estimated_shard_samples, read_records, read_shards
-from .records import (InputError, ResultColumns, check_result_names, count_rows, image_bytes_columns, input_schema,
-                      pick_columns, read_columns)
 from .shard_source import output_schema
 from .shards import Shard, is_shard_input, list_shards
 from .sources import base_dir_of
+from .tables import count_rows, input_schema, read_columns
 from .tar_samples import SampleLayout
 
 

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from .errors import ModelLoadError
 from .preprocess import PreprocessSpec
 
 HUB_HINT = (
@@ -19,10 +20,6 @@ HUB_HINT = (
     "(a downloaded CLIP checkpoint, or a random-weight test model from "
     "`python scripts/make_test_model.py DIR --arch tiny`)"
 )
-
-
-class ModelLoadError(Exception):
-    """The model asked for cannot be used; the message is meant for the user."""
 
 
 def _describe_load_failure(model: str, exc: Exception) -> ModelLoadError:

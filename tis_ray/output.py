@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import storage
-from .records import InputError
+from .errors import OutputError
 
 
 def output_format(path: str) -> str:
@@ -25,7 +25,7 @@ def output_format(path: str) -> str:
         return "csv"
     if name.endswith((".parquet", ".pq")):
         return "parquet"
-    raise InputError(f"{path}: unknown output type (use a .csv or .parquet name)")
+    raise OutputError(f"{path}: unknown output type (use a .csv or .parquet name)")
 
 
 def check_output_path(path: str) -> None:
@@ -33,16 +33,16 @@ def check_output_path(path: str) -> None:
     output_format(path)
     if storage.is_object_store(path):
         if problem := _object_store_problem(path):
-            raise InputError(f"{path}: {problem}")
+            raise OutputError(f"{path}: {problem}")
         return
     path = storage.localize(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise InputError(f"{path}: the output folder {folder} does not exist")
+        raise OutputError(f"{path}: the output folder {folder} does not exist")
     if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder")
+        raise OutputError(f"{path}: is a folder")
     if not os.access(folder, os.W_OK):
-        raise InputError(f"{path}: cannot write in {folder}")
+        raise OutputError(f"{path}: cannot write in {folder}")
 
 
 def write_atomically(batches: Iterable[pa.Table], path: str, empty_schema: pa.Schema) -> Iterator[pa.Table]:

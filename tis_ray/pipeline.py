@@ -1,6 +1,6 @@
 """Ray Data wiring: read -> fetch actors (CPU) -> scorer actors (GPU where present).
 
-Nothing here touches pixels or models; it asks `placement` for the actor pools and
+Nothing here touches pixels or models; it asks `pool_sizing` for the actor pools and
 the object-store budget, asks Ray to keep row order, and reads the user's file in
 blocks small enough to stream through both stages.
 """
@@ -16,17 +16,23 @@ import yaml
 from ray.data import ActorPoolStrategy, Dataset
 
 from . import storage
+from .columns import ResultColumns
 from .config import FetchConfig, ModelConfig, PipelineConfig
 from .fetch_stage import FetchStage
-from .placement import (FETCH_CPUS, READ_CPUS, gpu_wait_message, launcher_capacity, plan_pools,
-                        reachable_resources)
+from .pool_sizing import (
+    FETCH_CPUS,
+    READ_CPUS,
+    gpu_wait_message,
+    launcher_capacity,
+    plan_pools,
+    reachable_resources,
+)
 from .preprocess import PreprocessSpec
-from .records import ResultColumns, count_rows, csv_read_options, input_format
 from .score_stage import ScoreStage
 from .shard_source import ShardDatasource
 from .shards import Shard
+from .tables import count_rows, csv_read_options, input_format
 from .tar_samples import SampleLayout
-
 
 # Rows per input block, the unit a fetch actor takes and hands on: the scorer starts
 # once the first block is fetched, not the whole file, and the job holds the pixels of

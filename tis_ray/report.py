@@ -38,10 +38,16 @@ import pyarrow.compute as pc
 
 from . import __version__, storage
 from .config import FetchConfig
-from .errors import RowError, error_kind
-from .histogram import KEEP_TOP_SHOWN, PERCENTILES, SCALE, Histogram, bin_at_least, score_text
+from .errors import InputError, RowError, error_kind
+from .histogram import (
+    KEEP_TOP_SHOWN,
+    PERCENTILES,
+    SCALE,
+    Histogram,
+    bin_at_least,
+    score_text,
+)
 from .output import beside, write_whole
-from .records import InputError
 from .scored_output import ERROR_COLUMN, ScoredOutput
 from .sources import base_dir_of
 

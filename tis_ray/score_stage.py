@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from .columns import FETCH_ERROR, PIXELS, RUNTIME, TRUNCATED
+from .columns import FETCH_ERROR, PIXELS, RUNTIME, TRUNCATED, ResultColumns
 from .config import ModelConfig
-from .records import ResultColumns, check_caption
-from .scorer import ClipScorer
-from .scoring import similarity_from_cosine
+from .records import check_caption
+from .scorer import ClipScorer, similarity_from_cosine
 
 
 class ScoreStage:

@@ -24,9 +24,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import storage
+from .columns import CAPTION_COLUMN_CANDIDATES, IMAGE_COLUMN_CANDIDATES
+from .errors import InputError
 from .histogram import to_bins
 from .output import stats_path
-from .records import IMAGE_COLUMN_CANDIDATES, CAPTION_COLUMN_CANDIDATES, InputError, input_format, read_columns
+from .tables import input_format, read_columns
 
 SCORE_COLUMN = "similarity"
 ERROR_COLUMN = "error"

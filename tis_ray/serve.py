@@ -35,7 +35,7 @@ from .config import (
     FetchConfig,
     ModelConfig,
 )
-from .errors import RowError
+from .errors import RequestRejected, RowError
 from .fetch import ImageFetcher
 from .http_api import (
     MAX_CAPTION_CHARS,
@@ -49,8 +49,7 @@ from .http_api import (
 from .netguard import DEFAULT_PORTS, AddressPolicy, guarded_fetcher_parts
 from .prepare import ImagePreparer
 from .records import check_caption
-from .scorer import ClipScorer
-from .scoring import similarity_from_cosine
+from .scorer import ClipScorer, similarity_from_cosine
 from .sources import classify_image_ref
 
 logger = logging.getLogger("ray.serve")
@@ -68,18 +67,8 @@ class ServiceLimits:
     max_body_bytes: int = 32 * 1024 * 1024
 
 
-class RequestRejected(Exception):
-    """A whole request refused with a 4xx; each ``detail`` item names a field (``loc``) and why."""
-
-    def __init__(self, status: int, detail: list[dict]):
-        self.status, self.detail = status, detail
-
-    @classmethod
-    def at(cls, status: int, loc: list[str], msg: str, kind: str) -> "RequestRejected":
-        return cls(status, [{"loc": loc, "msg": msg, "type": kind}])
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"detail": self.detail}, status_code=self.status)
+def _rejection(rejected: RequestRejected) -> JSONResponse:
+    return JSONResponse({"detail": rejected.detail}, status_code=rejected.status)
 
 
 def _check_content_type(request: Request) -> None:
@@ -203,7 +192,7 @@ class ScoringService:
             body = await self._read_body(request)
             pairs = self._parse(body)
         except RequestRejected as rejected:
-            return rejected.response()
+            return _rejection(rejected)
         results = await asyncio.gather(*(self._score_pair(pair) for pair in pairs))
         failed = sum(1 for r in results if r.error)
         logger.info("scored %d pairs (%d errors) in %.0f ms", len(results), failed, 1000 * (time.monotonic() - started))

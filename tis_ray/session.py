@@ -24,7 +24,7 @@ from .api import connect
 from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
 from .loading import load_preprocess_spec
 from .pipeline import add_scores, cluster_capacity, records_from_table
-from .placement import gpu_wait_message, plan_pools
+from .pool_sizing import gpu_wait_message, plan_pools
 from .records import Record, ScoreResult
 from .warm import CAPTION, IMAGE, ScorerInfo, WarmScorer, pairs_table
 

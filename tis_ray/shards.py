@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow.fs as pafs
 
 from . import storage
-from .records import InputError
+from .errors import InputError
 
 SHARD_SUFFIX = ".tar"
 _BRACE = re.compile(r"\{([^{}]*)\}")

@@ -12,14 +12,14 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 
 from . import __version__, storage
-from .errors import error_kind
 from .columns import RUNTIME, TRUNCATED
+from .errors import error_kind
 
 
 @dataclass
 class JobSummary:
     model: str
-    error_column: str = "error"  # its name in the rows counted (see `records.ResultColumns`)
+    error_column: str = "error"  # its name in the rows counted (see `columns.ResultColumns`)
     rows: int = 0
     scored: int = 0
     truncated_captions: int = 0

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from .errors import BAD_SHARD, MISSING_IMAGE, TOO_LARGE, RowError
-from .records import InputError
+from .errors import BAD_SHARD, MISSING_IMAGE, TOO_LARGE, InputError, RowError
 
 IMAGE_ENTRIES = ("jpg", "jpeg", "png", "webp")
 CAPTION_ENTRY = "txt"

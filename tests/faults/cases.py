@@ -23,8 +23,8 @@ from .server import (
     redirect,
     redirect_chain,
     redirect_to,
-    reset_mid_body,
     reply,
+    reset_mid_body,
     silent,
     trickle,
 )

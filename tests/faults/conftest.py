@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import free_port
 
 from .cases import ROUTES, FaultServers

@@ -19,13 +19,12 @@ from dataclasses import replace
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
-
-from transformers import AutoTokenizer
-
 from conftest import free_port
 from jobs import assert_stats_add_up
 from reference import reference_similarities
 from test_cli import run_cli
+from transformers import AutoTokenizer
+
 from tis_ray import score_file
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 from tis_ray.errors import RowError, error_kind

@@ -10,13 +10,27 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import REPO
+
 from tis_ray.config import ModelConfig, PipelineConfig
-from tis_ray.pipeline import (INPUT_BYTES_PER_ROW, MAX_INPUT_BLOCKS, MIN_INPUT_BLOCKS, ROWS_PER_BLOCK, estimated_rows,
-                              input_blocks)
-from tis_ray.placement import (CPU_SCORER_BUFFER_BYTES, GPU_SCORER_BUFFER_BYTES, GPU_SCORER_CPUS, ROWS_PER_GPU_SCORER,
-                               gpu_wait_message, launcher_capacity, plan_pools, reachable_resources)
+from tis_ray.pipeline import (
+    INPUT_BYTES_PER_ROW,
+    MAX_INPUT_BLOCKS,
+    MIN_INPUT_BLOCKS,
+    ROWS_PER_BLOCK,
+    estimated_rows,
+    input_blocks,
+)
+from tis_ray.pool_sizing import (
+    CPU_SCORER_BUFFER_BYTES,
+    GPU_SCORER_BUFFER_BYTES,
+    GPU_SCORER_CPUS,
+    ROWS_PER_GPU_SCORER,
+    gpu_wait_message,
+    launcher_capacity,
+    plan_pools,
+    reachable_resources,
+)
 
 AUTO = ModelConfig(device="auto")
 DEFAULTS = PipelineConfig()

@@ -13,8 +13,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import storage
-from .errors import error_kind, is_retryable
-from .records import InputError, ResultColumns, input_format
+from .columns import ResultColumns
+from .errors import InputError, error_kind, is_retryable
+from .tables import input_format
 
 
 def read_previous_output(path: str, input_schema: pa.Schema, results: ResultColumns = ResultColumns()) -> pa.Table:
