@@ -63,10 +63,10 @@ def test_later_calls_reuse_the_actor_and_equal_the_pipeline(local_ray, tiny_mode
     cases = mixed_records(image_server, photos)
     records = [record for record, _ in cases]
     first = list(score_pairs(records, model=tiny_model, fetch=FAST_FETCH, **CPU))
-    scorer = warm_scorer(tiny_model, "cpu", "float32", FAST_FETCH, None)
+    scorer = warm_scorer(ModelConfig(tiny_model, "cpu", "float32"), FAST_FETCH, None)
     actor, pid = scorer.actor_id, scorer.info().pid
     later = list(score_pairs(records, model=tiny_model, fetch=FAST_FETCH, **CPU))
-    assert warm_scorer(tiny_model, "cpu", "float32", FAST_FETCH, None) is scorer
+    assert warm_scorer(ModelConfig(tiny_model, "cpu", "float32"), FAST_FETCH, None) is scorer
     assert (scorer.actor_id, scorer.info().pid) == (actor, pid)
     assert scores(later) == scores(first)
     assert [error_kind(r.error) for r in first] == [kind for _, kind in cases]
@@ -92,7 +92,7 @@ def test_later_calls_reuse_the_actor_and_equal_the_pipeline(local_ray, tiny_mode
 def test_bad_input_in_one_call_does_not_poison_the_next(local_ray, tiny_model, image_server, photos):
     good = [(str(photos["astronaut"]), "an astronaut"), (image_server.url("photo/coffee.jpg"), "coffee")]
     before = list(score_pairs(good, model=tiny_model, fetch=FAST_FETCH, **CPU))
-    pid = warm_scorer(tiny_model, "cpu", "float32", FAST_FETCH, None).info().pid
+    pid = warm_scorer(ModelConfig(tiny_model, "cpu", "float32"), FAST_FETCH, None).info().pid
     bad = [(image_server.url("truncated/astronaut.jpg"), "half"), (image_server.url("slow/5"), "too slow"),
            ("http://", "no host"), (str(photos["rocket"]), None)]
     kinds = [error_kind(r.error) for r in score_pairs(bad, model=tiny_model, fetch=FAST_FETCH, **CPU)]
@@ -102,7 +102,7 @@ def test_bad_input_in_one_call_does_not_poison_the_next(local_ray, tiny_model, i
     assert list(score_pairs([], model=tiny_model, fetch=FAST_FETCH, **CPU)) == []
     after = list(score_pairs(good, model=tiny_model, fetch=FAST_FETCH, **CPU))
     assert scores(after) == scores(before) and all(r.ok for r in after)
-    assert warm_scorer(tiny_model, "cpu", "float32", FAST_FETCH, None).info().pid == pid
+    assert warm_scorer(ModelConfig(tiny_model, "cpu", "float32"), FAST_FETCH, None).info().pid == pid
 
 
 def test_a_scorer_that_cannot_start_raises_and_is_not_kept(local_ray, tiny_model, photos):
@@ -115,10 +115,10 @@ def test_a_scorer_that_cannot_start_raises_and_is_not_kept(local_ray, tiny_model
 def test_a_settings_change_gets_a_new_scorer_and_release_frees_it(local_ray, tiny_model, photos):
     records = [(str(photos["chelsea"]), "a cat")]
     list(score_pairs(records, model=tiny_model, **CPU))
-    old = warm_scorer(tiny_model, "cpu", "float32", None, None)
+    old = warm_scorer(ModelConfig(tiny_model, "cpu", "float32"), None, None)
     old_pid = old.info().pid
     list(score_pairs(records, model=tiny_model, fetch=FAST_FETCH, **CPU))
-    new = warm_scorer(tiny_model, "cpu", "float32", FAST_FETCH, None)
+    new = warm_scorer(ModelConfig(tiny_model, "cpu", "float32"), FAST_FETCH, None)
     assert new is not old and new.actor_id != old.actor_id
     assert old.closed and wait_until_gone(old_pid)  # one warm scorer at most: the old one ended
     new_pid = new.info().pid

@@ -19,7 +19,7 @@ from ray.data import DataContext, Dataset
 from . import storage
 from .checkpoint import Checkpoint
 from .columns import RUNTIME, TRUNCATED, ResultColumns
-from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
+from .config import DEFAULT_MODEL, DType, Device, FetchConfig, ModelConfig, PipelineConfig
 from .job_input import ShardInput, TableInput, check_input
 from .loading import load_preprocess_spec
 from .output import check_output_path, write_atomically, write_stats
@@ -173,21 +173,24 @@ def retry_errors(
 def score_pairs(
     records: Iterable[Record | tuple[str, str]],
     *,
-    model: str = DEFAULT_MODEL,
-    device: str = "auto",
-    dtype: str = "auto",
+    model: str | ModelConfig = DEFAULT_MODEL,
+    device: Device | None = None,
+    dtype: DType | None = None,
     fetch: FetchConfig | None = None,
     pipeline: PipelineConfig | None = None,
     address: str | None = None,
 ) -> Iterator[ScoreResult]:
     """One `ScoreResult` per `Record`, in order. Relative paths resolve against the working folder.
 
+    `model` is a checkpoint id or folder, or a `ModelConfig`; `device` and `dtype` override it.
+
     The scorer stays warm for the next call with the same settings (see `session`); a call
     with other settings replaces it, and `release_scorers()` frees it.
     """
     from .session import warm_scorer
 
-    return warm_scorer(model, device, dtype, fetch, address).score_pairs(records, pipeline=pipeline)
+    return warm_scorer(ModelConfig.of(model, device=device, dtype=dtype), fetch, address).score_pairs(
+        records, pipeline=pipeline)
 
 
 def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir, rows=None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from . import __version__
@@ -54,6 +54,15 @@ class ModelConfig:
     device: Device = "auto"
     dtype: DType = "auto"
     cpu_threads: int | None = None  # torch threads per CPU scorer actor; None = the node's cores
+
+    @classmethod
+    def of(cls, model: str | ModelConfig | None, *, device: Device | None = None,
+           dtype: DType | None = None) -> ModelConfig:
+        """What every entry point takes for a model: a checkpoint id or folder, or a whole
+        `ModelConfig`; None is the default model. `device` and `dtype`, where given, override."""
+        config = model if isinstance(model, ModelConfig) else cls() if model is None else cls(model=model)
+        overrides = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
+        return replace(config, **overrides) if overrides else config
 
 
 @dataclass(frozen=True)

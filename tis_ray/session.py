@@ -21,7 +21,7 @@ import ray
 from ray.data import Dataset
 
 from .api import connect
-from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig
+from .config import DEFAULT_MODEL, DType, Device, FetchConfig, ModelConfig, PipelineConfig
 from .loading import load_preprocess_spec
 from .pipeline import add_scores, cluster_capacity, records_from_table
 from .pool_sizing import gpu_wait_message, plan_pools
@@ -48,13 +48,13 @@ class Scorer:
     of now, so a session whose calls are all long never loads a model it does not use.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-                 fetch: FetchConfig | None = None, address: str | None = None,
+    def __init__(self, model: str | ModelConfig = DEFAULT_MODEL, *, device: Device | None = None,
+                 dtype: DType | None = None, fetch: FetchConfig | None = None, address: str | None = None,
                  direct_max_pairs: int = DIRECT_MAX_PAIRS, start: bool = True):
-        self.model = ModelConfig(model=model, device=device, dtype=dtype)
+        self.model = ModelConfig.of(model, device=device, dtype=dtype)
         self.fetch = fetch or FetchConfig()
         self.direct_max_pairs = direct_max_pairs
-        self.spec = load_preprocess_spec(model)  # a bad model fails here, before Ray starts
+        self.spec = load_preprocess_spec(self.model.model)  # a bad model fails here, before Ray starts
         connect(address)
         self.ray_node = ray.get_runtime_context().get_node_id()
         self._actor = None
@@ -155,18 +155,18 @@ _warm: tuple[tuple, Scorer] | None = None
 _warm_lock = threading.Lock()
 
 
-def warm_scorer(model: str, device: str, dtype: str, fetch: FetchConfig | None, address: str | None) -> Scorer:
+def warm_scorer(model: ModelConfig, fetch: FetchConfig | None, address: str | None) -> Scorer:
     """The process's warm scorer for these settings: the one already running, or a new one
     (after the one for other settings is closed)."""
     global _warm
-    key = (ModelConfig(model=model, device=device, dtype=dtype), fetch or FetchConfig())
+    key = (model, fetch or FetchConfig())
     with _warm_lock:
         if _warm is not None and (_warm[0] != key or _warm[1].closed):
             _warm[1].close()
             _warm = None
         if _warm is None:
             # Started by its first short call: a process whose calls are all long never loads it.
-            _warm = (key, Scorer(model, device=device, dtype=dtype, fetch=fetch, address=address, start=False))
+            _warm = (key, Scorer(model, fetch=fetch, address=address, start=False))
         return _warm[1]
 
 
