@@ -51,7 +51,7 @@ def score_dataset(
     *,
     image_column: str = "image_url",
     caption_column: str = "caption",
-    model: ModelConfig | None = None,
+    model: str | ModelConfig | None = None,
     fetch: FetchConfig | None = None,
     pipeline: PipelineConfig | None = None,
     base_dir: str | None = None,
@@ -59,7 +59,7 @@ def score_dataset(
 ) -> Dataset:
     """Add ``similarity``, ``error`` (and ``cosine`` if asked), each after `prefix`, to a Dataset,
     lazily, row order kept. The image column may hold references or the images' bytes."""
-    model = model or ModelConfig()
+    model = ModelConfig.of(model)
     spec = load_preprocess_spec(model.model)
     return _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir,
                    results=ResultColumns(prefix)).drop_columns([TRUNCATED, RUNTIME])
@@ -71,7 +71,7 @@ def score_file(
     *,
     image_column: str | None = None,
     caption_column: str | None = None,
-    model: ModelConfig | None = None,
+    model: str | ModelConfig | None = None,
     fetch: FetchConfig | None = None,
     pipeline: PipelineConfig | None = None,
     address: str | None = None,
@@ -127,7 +127,7 @@ def retry_errors(
     *,
     image_column: str | None = None,
     caption_column: str | None = None,
-    model: ModelConfig | None = None,
+    model: str | ModelConfig | None = None,
     fetch: FetchConfig | None = None,
     pipeline: PipelineConfig | None = None,
     address: str | None = None,
@@ -229,7 +229,7 @@ class _FileJob:
         source = check_input(input_path, image_column, caption_column, keep_json_fields, results, fetch.max_bytes,
                              csv_output)
         check_output_path(output_path)
-        model = model or ModelConfig()
+        model = ModelConfig.of(model)
         spec = load_preprocess_spec(model.model)  # a bad model fails here, before Ray starts
         return cls(source, spec, model, fetch, pipeline or PipelineConfig(), results)
 
