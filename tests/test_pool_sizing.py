@@ -14,18 +14,10 @@ from conftest import REPO
 
 from tis_ray.config import ModelConfig, PipelineConfig
 from tis_ray.pipeline import (
-    INPUT_BYTES_PER_ROW,
-    MAX_INPUT_BLOCKS,
-    MIN_INPUT_BLOCKS,
-    ROWS_PER_BLOCK,
     estimated_rows,
     input_blocks,
 )
 from tis_ray.pool_sizing import (
-    CPU_SCORER_BUFFER_BYTES,
-    GPU_SCORER_BUFFER_BYTES,
-    GPU_SCORER_CPUS,
-    ROWS_PER_GPU_SCORER,
     gpu_wait_message,
     launcher_capacity,
     plan_pools,
@@ -39,8 +31,9 @@ DEFAULTS = PipelineConfig()
 @pytest.mark.parametrize("gpus", [1, 4])
 def test_one_gpu_scorer_per_gpu_and_fetchers_from_the_cpus_left(gpus):
     plan = plan_pools(AUTO, DEFAULTS, {"CPU": 4 + 16 * 2, "GPU": gpus})
-    assert (plan.scorer_actors, plan.scorer_gpus, plan.scorer_cpus) == (gpus, 1.0, GPU_SCORER_CPUS)
-    assert plan.fetch_actors == (36 - gpus * GPU_SCORER_CPUS) // 2
+    assert (plan.scorer_actors, plan.scorer_gpus, plan.scorer_cpus) == (gpus, 1.0, 1.0)
+    # 36 CPUs, one per GPU scorer, the rest two per fetch actor: 35 // 2 and 32 // 2
+    assert plan.fetch_actors == {1: 17, 4: 16}[gpus]
 
 
 def test_cpu_only_cluster_gets_one_cpu_scorer_and_keeps_a_core_for_it():
@@ -80,17 +73,18 @@ def test_the_shipped_cluster_yaml_sizes_pools_for_what_its_groups_reach():
     now = {"CPU": 0}
     plan = plan_pools(AUTO, DEFAULTS, reachable_resources(now, capacity), up_now=now)
     assert (plan.scorer_actors, plan.scorer_gpus) == (12, 1.0)  # waiting scorers bring the GPU nodes up
-    assert plan.fetch_actors == (176 - 12 * GPU_SCORER_CPUS) // 2
+    assert plan.fetch_actors == 82  # (176 CPUs - 12 for the GPU scorers) // 2 per fetch actor
 
 
+# One GPU that is not up yet is asked for per 500,000 rows (docs/scaling.md).
 @pytest.mark.parametrize(("rows", "gpus_up", "scorers"), [
     (10, 0, 1),  # a small job starts one GPU node, not twelve
-    (ROWS_PER_GPU_SCORER, 0, 1),
-    (ROWS_PER_GPU_SCORER + 1, 0, 2),
-    (5 * ROWS_PER_GPU_SCORER, 0, 5),
-    (100 * ROWS_PER_GPU_SCORER, 0, 12),  # no more than the cluster can reach
+    (500_000, 0, 1),
+    (500_001, 0, 2),
+    (2_500_000, 0, 5),
+    (50_000_000, 0, 12),  # no more than the cluster can reach
     (10, 3, 3),  # GPUs already up are used whatever the job's size
-    (4 * ROWS_PER_GPU_SCORER, 3, 4),
+    (2_000_000, 3, 4),
 ])
 def test_gpus_not_up_yet_are_asked_for_by_the_jobs_size(rows, gpus_up, scorers):
     reachable, now = {"CPU": 176, "GPU": 12}, {"CPU": 4 * gpus_up, "GPU": gpus_up}
@@ -136,15 +130,13 @@ def test_the_object_store_budget_follows_the_scorers():
     """Fetching runs ahead of scoring by a fixed budget per scorer, not by the input's length."""
     cpu = plan_pools(AUTO, DEFAULTS, {"CPU": 2})
     gpu = plan_pools(AUTO, DEFAULTS, {"CPU": 36, "GPU": 4})
-    assert cpu.buffer_bytes == CPU_SCORER_BUFFER_BYTES
-    assert gpu.buffer_bytes == 4 * GPU_SCORER_BUFFER_BYTES
-    assert CPU_SCORER_BUFFER_BYTES < GPU_SCORER_BUFFER_BYTES
+    assert cpu.buffer_bytes == 256 * 2**20  # 256 MiB for a CPU scorer (docs/benchmarks.md)
+    assert gpu.buffer_bytes == 4 * 2**30  # 1 GiB per GPU scorer
 
 
-@pytest.mark.parametrize(("size", "blocks"), [(0, MIN_INPUT_BLOCKS), (100, MIN_INPUT_BLOCKS),
-                                              (ROWS_PER_BLOCK * INPUT_BYTES_PER_ROW * 20, 20),
-                                              (ROWS_PER_BLOCK * INPUT_BYTES_PER_ROW * 20 + INPUT_BYTES_PER_ROW, 21),
-                                              (10**12, MAX_INPUT_BLOCKS)])
+# A block is ~128 rows of ~128 bytes (16 KiB of CSV); at least 8 blocks, at most 4096.
+@pytest.mark.parametrize(("size", "blocks"), [(0, 8), (100, 8), (20 * 16_384, 20), (20 * 16_384 + 128, 21),
+                                              (10**12, 4096)])
 def test_an_input_file_is_read_into_blocks_of_about_rows_per_block(size, blocks):
     assert input_blocks(size) == blocks
 
@@ -154,4 +146,4 @@ def test_estimated_rows_are_parquets_own_count_or_a_csv_files_size_per_row(tmp_p
     pq.write_table(table, tmp_path / "pairs.parquet")
     pacsv.write_csv(table, tmp_path / "pairs.csv")
     assert estimated_rows(str(tmp_path / "pairs.parquet")) == 1000
-    assert estimated_rows(str(tmp_path / "pairs.csv")) == (tmp_path / "pairs.csv").stat().st_size // INPUT_BYTES_PER_ROW
+    assert estimated_rows(str(tmp_path / "pairs.csv")) == (tmp_path / "pairs.csv").stat().st_size // 128
