@@ -380,7 +380,8 @@ def test_a_new_user_config_applies_to_the_running_app(service, tiny_model, image
     running app with new values: `/v1/model` shows them, and the wait is real: a lone pair
     waits out a 1.5 s batch window (by the test's clock) and no longer does once the window
     is back to 50 ms. (A Python `serve.run` gives each deploy a new code version, so Serve
-    starts a new replica here; that a config file's `serve deploy` keeps it is not shown.)"""
+    starts a new replica here; that a config file's `serve deploy` keeps it is shown in
+    test_serve_cli.py.)"""
     monkeypatch.delenv("TIS_API_KEY", raising=False)  # the open app was built without a key
     pair = {"pairs": [{"image_url": image_server.url("photo/chelsea.jpg"), "caption": "a cat"}]}
 

@@ -94,6 +94,35 @@ def test_shipped_serve_config_deploys_with_serve_deploy(ray_head, tiny_model, ph
                            env=loopback_ray_env(), capture_output=True, text=True, timeout=60)
     assert "RUNNING" in state.stdout, state.stdout + state.stderr
 
+    # README: batch size and wait change "without restarting replicas". The same file with a new
+    # user_config, deployed again: /v1/model shows the new values, served by the same processes.
+    replicas = _replica_processes(ray_head["dashboard"])
+    assert replicas, "no running ScoringService replica"
+    app["deployments"][0]["user_config"] = {"max_batch_size": 7, "batch_wait_ms": 250}
+    path.write_text(yaml.safe_dump(config))
+    deploy = subprocess.run([str(BIN / "serve"), "deploy", str(path), "-a", ray_head["dashboard"]],
+                            env=loopback_ray_env(), capture_output=True, text=True, timeout=120)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    deadline = time.monotonic() + 120
+    while (shown := _get_json(f"http://127.0.0.1:{http_port}/v1/model")) and (
+            shown["max_batch_size"], shown["batch_wait_ms"]) != (7, 250.0):
+        assert time.monotonic() < deadline, f"the new user_config never showed: {shown}"
+        time.sleep(1)
+    assert _replica_processes(ray_head["dashboard"]) == replicas
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _replica_processes(dashboard: str) -> set[tuple[str, int]]:
+    """(actor id, pid) of every live ScoringService replica, from Ray's state API."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=dashboard, detail=True, limit=1000, raise_on_missing_output=False)
+    return {(a.actor_id, a.pid) for a in actors if a.state == "ALIVE" and "ScoringService" in a.class_name}
+
 
 @pytest.mark.parametrize("name", ["serve-gpu.yaml", "serve-cpu.yaml"])
 def test_shipped_serve_configs_validate_against_serve_schema(name):
