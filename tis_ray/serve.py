@@ -3,8 +3,10 @@
 Pairs from many requests are batched together by ``@serve.batch`` (size and wait
 set by ``user_config`` and changed live by ``reconfigure``). Images are fetched
 only over http(s) and only from public addresses unless an allowlist says
-otherwise (see `netguard`). Deployed by ``tis-ray serve`` or by ``serve deploy``
-with the config files in ``deploy/``.
+otherwise (see `netguard`). Whether a request gets in at all (key, type, size,
+shape) is decided by `request_checks`, before the replica does any work for it.
+Deployed by ``tis-ray serve`` (`cli`) or by ``serve deploy`` with the config files
+in ``deploy/``, both from a `ServeArgs`.
 """
 
 
