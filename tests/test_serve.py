@@ -22,7 +22,7 @@ from raw_server import RawServer
 from tis_ray import score_pairs
 from tis_ray.config import SERVE_MAX_PIXELS, FetchConfig
 from tis_ray.errors import error_kind
-from tis_ray.serve import ScoringService, service_options
+from tis_ray.serve import ScoringService, ServeArgs
 
 API_KEY = "s3cret-test-key"
 GUARDED_MAX_BYTES = 100_000  # the "guarded" app's caps: small, so that real photos cross them
@@ -84,7 +84,7 @@ def deploy_open(tiny_model, image_server, upstream, user_config: dict) -> None:
     base = {"model": tiny_model, "device": "cpu", "dtype": "float32", "timeout_s": 3}
     ports = [image_server.httpd.server_address[1], upstream.port]
     serve.run(ScoringService.options(ray_actor_options={"num_cpus": 0.25}, user_config=user_config).bind(
-        **service_options({**base, "allow_hosts": ["127.0.0.1"], "allow_ports": ports})),
+        **ServeArgs.model_validate({**base, "allow_hosts": ["127.0.0.1"], "allow_ports": ports}).service_options()),
         name="open", route_prefix="/open")
 
 
@@ -102,12 +102,12 @@ def service(local_ray, tiny_model, monkeypatch_module, batch_results, image_serv
     small = {"num_cpus": 0.25}
     deploy_open(tiny_model, image_server, upstream, OPEN_BATCHING)
     serve.run(ScoringService.options(ray_actor_options=small).bind(
-        **service_options({**base, "allow_hosts": [f"localhost:{image_port}"], "max_body_bytes": 200_000,
-                           "max_pairs": 8, "max_image_bytes": GUARDED_MAX_BYTES,
-                           "max_pixels": GUARDED_MAX_PIXELS})),
+        **ServeArgs.model_validate({**base, "allow_hosts": [f"localhost:{image_port}"], "max_body_bytes": 200_000,
+                                    "max_pairs": 8, "max_image_bytes": GUARDED_MAX_BYTES,
+                                    "max_pixels": GUARDED_MAX_PIXELS}).service_options()),
         name="guarded", route_prefix="/guarded")
     monkeypatch_module.setenv("TIS_API_KEY", API_KEY)
-    serve.run(ScoringService.options(ray_actor_options=small).bind(**service_options(base)),
+    serve.run(ScoringService.options(ray_actor_options=small).bind(**ServeArgs.model_validate(base).service_options()),
               name="keyed", route_prefix="/keyed")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

@@ -128,12 +128,13 @@ def _replica_processes(dashboard: str) -> set[tuple[str, int]]:
 def test_shipped_serve_configs_validate_against_serve_schema(name):
     from ray.serve.schema import ServeDeploySchema
 
-    from tis_ray.serve import APP_ARGS
+    from tis_ray.serve import APP_ARGS, ServeArgs
 
     config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "deploy" / name).read_text()))
     app = config.applications[0]
     assert app.import_path == "tis_ray.serve:build_app"
     assert set(app.args) <= set(APP_ARGS)
+    ServeArgs.model_validate(app.args)  # what Serve does with them before it calls build_app
     deployment = app.deployments[0]
     assert deployment.name == "ScoringService"
     assert set(deployment.user_config) == {"max_batch_size", "batch_wait_ms"}

@@ -9,7 +9,7 @@ import schemathesis
 from conftest import free_port
 from hypothesis import HealthCheck, given, settings
 
-from tis_ray.serve import ScoringService, service_options
+from tis_ray.serve import ScoringService, ServeArgs
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,9 @@ def fuzz_service(local_ray, tiny_model):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"model": tiny_model, "device": "cpu", "dtype": "float32", "timeout_s": 2,
-            "allow_hosts": ["127.0.0.1"], "allowlist_only": True, "max_pairs": 16}
-    serve.run(ScoringService.options(ray_actor_options={"num_cpus": 0.25}).bind(**service_options(args)),
+    args = ServeArgs(model=tiny_model, device="cpu", dtype="float32", timeout_s=2,
+                     allow_hosts=["127.0.0.1"], allowlist_only=True, max_pairs=16)
+    serve.run(ScoringService.options(ray_actor_options={"num_cpus": 0.25}).bind(**args.service_options()),
               name="fuzz", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # the next module starts Serve on its own port: only a fresh start takes it

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from tis_ray.config import SERVE_MAX_ONGOING_REQUESTS, SERVE_MAX_QUEUED_REQUESTS
 from tis_ray.http_api import ScoreResponse
-from tis_ray.serve import ScoringService, service_options
+from tis_ray.serve import ScoringService, ServeArgs
 
 REQUEST_TIMEOUT_S = 60
 RECOVERY_S = 180
@@ -51,7 +51,7 @@ def service(local_ray, tiny_model):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = service_options({"model": tiny_model, "device": "cpu", "dtype": "float32"})
+    args = ServeArgs.model_validate({"model": tiny_model, "device": "cpu", "dtype": "float32"}).service_options()
     small = {"num_cpus": 0.25}
     serve.run(ScoringService.options(ray_actor_options=small).bind(**args), name="held", route_prefix="/held")
     serve.run(ScoringService.options(ray_actor_options=small, max_ongoing_requests=4, max_queued_requests=8)

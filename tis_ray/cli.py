@@ -247,20 +247,45 @@ def run_filter(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from .api import connect
     from .loading import load_preprocess_spec
-    from .serve import run_foreground, service_options
+    from .serve import ServeArgs
 
-    app_args = {"model": args.model, "device": args.device, "dtype": args.dtype, "allow_hosts": args.allow_hosts,
-                "allowlist_only": args.allowlist_only, "allow_ports": args.allow_ports,
-                "allow_wide_networks": args.allow_wide_networks, "max_pixels": args.max_pixels,
-                "ignore_opt_out": args.ignore_opt_out, "user_agent": args.user_agent}
+    app_args = ServeArgs(model=args.model, device=args.device, dtype=args.dtype, allow_hosts=args.allow_hosts,
+                         allowlist_only=args.allowlist_only, allow_ports=args.allow_ports,
+                         allow_wide_networks=args.allow_wide_networks, max_pixels=args.max_pixels,
+                         ignore_opt_out=args.ignore_opt_out, user_agent=args.user_agent)
     try:
-        service_options(app_args)  # a bad allowlist is one clear line, before Serve starts
+        service_options = app_args.service_options()  # a bad allowlist is one clear line, before Serve starts
     except ValueError as exc:
         raise InputError(str(exc)) from None
     load_preprocess_spec(args.model)  # a bad model is one clear line, before Serve starts
     connect(args.address)
-    run_foreground(
-        app_args, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-        batch_wait_ms=args.batch_wait_ms,
-    )
+    _serve_in_foreground(service_options, host=args.host, port=args.port,
+                         user_config={"max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms})
     return 0
+
+
+def _serve_in_foreground(service_options: dict, *, host: str, port: int, user_config: dict) -> None:
+    """Serve on host:port until Ctrl-C or SIGTERM (even during start-up), then shut Serve down."""
+    import signal
+    import time
+
+    from ray import serve
+
+    from .serve import ScoringService
+
+    def stop(signum, frame) -> None:  # SIGTERM (docker stop, kubectl delete) ends it as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(ScoringService.options(user_config=user_config).bind(**service_options),
+                  name="tis-ray", route_prefix="/")
+        print(f"tis-ray serving {service_options['model']} at http://{host}:{port} (docs at /docs); Ctrl-C stops",
+              flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("tis-ray: shutting down", flush=True)
+    finally:
+        serve.shutdown()

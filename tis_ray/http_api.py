@@ -8,7 +8,8 @@ image) are per-item errors in a 200 response.
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+import functools
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import (
     BaseModel,
@@ -23,6 +24,9 @@ from pydantic import (
 from . import errors
 from .config import FetchConfig
 from .errors import RowError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 MAX_CAPTION_CHARS = 10_000
 
@@ -128,3 +132,38 @@ class ModelInfo(BaseModel):
     max_pixels: int
     max_batch_size: int
     batch_wait_ms: float
+
+
+# /v1/score in the OpenAPI schema: the route reads its body itself (see `request_checks`), so
+# FastAPI sees no body model; this names `ScoreRequest` and the refusals `request_checks` makes.
+SCORE_ROUTE_DOCS = {
+    "requestBody": {"required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}}},
+    "responses": {"401": {"description": "API key missing or wrong"}, "413": {"description": "body too large"},
+                  "415": {"description": "the body is not sent as application/json"},
+                  "422": {"description": "malformed request; `detail` names the field"}},
+}
+
+
+def publish_request_schema(app: FastAPI, max_pairs: int) -> None:
+    """Make ``app.openapi()`` include `ScoreRequest`, with `max_pairs` as its ``maxItems``.
+
+    Called again with each replica's own limit: the cached schema is dropped so that the
+    next ``/openapi.json`` is built with it."""
+    app.openapi_schema = None
+    app.openapi = functools.partial(_openapi_with_request_schema, app, max_pairs)
+
+
+def _openapi_with_request_schema(app: FastAPI, max_pairs: int) -> dict:
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    request_schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    request_schema["properties"]["pairs"]["maxItems"] = max_pairs
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(request_schema.pop("$defs", {}))
+    components["ScoreRequest"] = request_schema
+    app.openapi_schema = schema
+    return schema

@@ -3,35 +3,42 @@
 Pairs from many requests are batched together by ``@serve.batch`` (size and wait
 set by ``user_config`` and changed live by ``reconfigure``). Images are fetched
 only over http(s) and only from public addresses unless an allowlist says
-otherwise (see `netguard`). Deployed by ``tis-ray serve`` or by ``serve deploy``
-with the config files in ``deploy/``.
+otherwise (see `netguard`). Whether a request gets in at all (key, type, size,
+shape) is decided by `request_checks`, before the replica does any work for it.
+Deployed by ``tis-ray serve`` (`cli`) or by ``serve deploy`` with the config files
+in ``deploy/``, both from a `ServeArgs`.
 """
 
 
 import asyncio
-import functools
 import logging
 import os
-import secrets
-import signal
 import time
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 from ray import serve
 from ray.serve import metrics
 
 from . import __version__, errors
 from .config import (
+    DEFAULT_MODEL,
     SERVE_BATCH_WAIT_MS,
     SERVE_MAX_BATCH_SIZE,
     SERVE_MAX_ONGOING_REQUESTS,
     SERVE_MAX_PIXELS,
     SERVE_MAX_QUEUED_REQUESTS,
+    Device,
+    DType,
     FetchConfig,
     ModelConfig,
 )
@@ -39,16 +46,18 @@ from .errors import RequestRejected, RowError
 from .fetch import ImageFetcher
 from .http_api import (
     MAX_CAPTION_CHARS,
+    SCORE_ROUTE_DOCS,
     ModelInfo,
     Pair,
     PairResult,
-    ScoreRequest,
     ScoreResponse,
     public_error_text,
+    publish_request_schema,
 )
 from .netguard import DEFAULT_PORTS, AddressPolicy, guarded_fetcher_parts
 from .prepare import ImagePreparer
 from .records import check_caption
+from .request_checks import ServiceLimits, accepted_pairs, rejection_response
 from .scorer import ClipScorer, similarity_from_cosine
 from .sources import classify_image_ref
 
@@ -59,49 +68,7 @@ app = FastAPI(
     version=__version__,
     description="How well does a caption describe an image? CLIP similarity in [0, 1], per pair.",
 )
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    max_pairs: int = 256
-    max_body_bytes: int = 32 * 1024 * 1024
-
-
-def _rejection(rejected: RequestRejected) -> JSONResponse:
-    return JSONResponse({"detail": rejected.detail}, status_code=rejected.status)
-
-
-def _check_content_type(request: Request) -> None:
-    # Defined above the class: @serve.ingress pickles the app, and with it the globals it sees then.
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise RequestRejected.at(
-            415, ["header", "Content-Type"], f"send the body as application/json, not {media_type or 'no type'}",
-            "unsupported_media_type",
-        )
-
-
-def _openapi(served: FastAPI, max_pairs: int) -> dict:
-    """FastAPI's schema, plus `ScoreRequest` with this replica's pair limit.
-
-    /v1/score reads its body itself (to cap its size), so FastAPI does not see the model.
-    """
-    from fastapi.openapi.utils import get_openapi
-
-    if served.openapi_schema is not None:
-        return served.openapi_schema
-    schema = get_openapi(title=served.title, version=served.version, description=served.description,
-                         routes=served.routes)
-    request_schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    request_schema["properties"]["pairs"]["maxItems"] = max_pairs
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(request_schema.pop("$defs", {}))
-    components["ScoreRequest"] = request_schema
-    served.openapi_schema = schema
-    return schema
-
-
-app.openapi = functools.partial(_openapi, app, ServiceLimits().max_pairs)
+publish_request_schema(app, ServiceLimits().max_pairs)
 
 
 @serve.deployment(max_ongoing_requests=SERVE_MAX_ONGOING_REQUESTS, max_queued_requests=SERVE_MAX_QUEUED_REQUESTS)
@@ -121,8 +88,7 @@ class ScoringService:
         self.fetch = fetch or FetchConfig()
         self.limits = limits or ServiceLimits()
         # `app` here is the replica's own copy (Serve pickles the ingress class by value).
-        app.openapi_schema = None
-        app.openapi = functools.partial(_openapi, app, self.limits.max_pairs)
+        publish_request_schema(app, self.limits.max_pairs)
         policy = policy or AddressPolicy()
         self.preparer = ImagePreparer(
             self.fetch,
@@ -173,68 +139,18 @@ class ScoringService:
             batch_wait_ms=float(self.batch_settings["batch_wait_ms"]),
         )
 
-    @app.post(
-        "/v1/score",
-        response_model=ScoreResponse,
-        openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}}},
-            "responses": {"401": {"description": "API key missing or wrong"}, "413": {"description": "body too large"},
-                          "415": {"description": "the body is not sent as application/json"},
-                          "422": {"description": "malformed request; `detail` names the field"}},
-        },
-    )
+    @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=SCORE_ROUTE_DOCS)
     async def score(self, request: Request):
         """Score each pair; a pair that cannot be scored gets an error, the others are scored."""
         started = time.monotonic()
         try:
-            self._check_api_key(request)
-            _check_content_type(request)
-            body = await self._read_body(request)
-            pairs = self._parse(body)
+            pairs = await accepted_pairs(request, self.api_key, self.limits)
         except RequestRejected as rejected:
-            return _rejection(rejected)
+            return rejection_response(rejected)
         results = await asyncio.gather(*(self._score_pair(pair) for pair in pairs))
         failed = sum(1 for r in results if r.error)
         logger.info("scored %d pairs (%d errors) in %.0f ms", len(results), failed, 1000 * (time.monotonic() - started))
         return ScoreResponse(model=self.scorer.model_id, results=results)
-
-    def _check_api_key(self, request: Request) -> None:
-        if not self.api_key:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise RequestRejected.at(
-                401, ["header", "Authorization"], "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                "unauthorized",
-            )
-
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise RequestRejected.at(413, ["body"], f"the body is over {limit} bytes", "too_large")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise RequestRejected.at(413, ["body"], f"the body is over {limit} bytes", "too_large")
-        return bytes(body)
-
-    def _parse(self, body: bytes) -> list[Pair]:
-        try:
-            parsed = ScoreRequest.model_validate_json(body)
-        except ValidationError as exc:
-            detail = jsonable_encoder(exc.errors(include_url=False, include_context=False, include_input=False))
-            for item in detail:
-                item["loc"] = ["body", *item["loc"]]
-            raise RequestRejected(422, detail) from None
-        if len(parsed.pairs) > self.limits.max_pairs:
-            raise RequestRejected.at(
-                422, ["body", "pairs"], f"{len(parsed.pairs)} pairs is over the limit of {self.limits.max_pairs}",
-                "too_many",
-            )
-        return parsed.pairs
 
     async def _score_pair(self, pair: Pair) -> PairResult:
         try:
@@ -267,64 +183,73 @@ class ScoringService:
         return [float(c) for c in result.cosine]
 
 
-APP_ARGS = ("model", "device", "dtype", "allow_hosts", "allowlist_only", "allow_ports", "allow_wide_networks",
-            "max_pairs", "max_body_bytes", "timeout_s", "max_image_bytes", "max_pixels", "ignore_opt_out",
-            "user_agent")
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-def service_options(args: dict) -> dict:
-    """`ScoringService` constructor arguments from the app's ``args`` (see `build_app`)."""
-    unknown = set(args) - set(APP_ARGS)
-    if unknown:
-        raise ValueError(f"unknown tis-ray app args: {', '.join(sorted(unknown))} (known: {', '.join(APP_ARGS)})")
-    fetch, limits = FetchConfig(), ServiceLimits()
-    return dict(
-        model=args.get("model", ModelConfig().model),
-        device=args.get("device", "auto"),
-        dtype=args.get("dtype", "auto"),
-        # Built here, where a bad entry is one clear error before any replica starts.
-        policy=AddressPolicy.from_strings(
-            args.get("allow_hosts") or (), bool(args.get("allowlist_only", False)),
-            ports=(*DEFAULT_PORTS, *(int(p) for p in args.get("allow_ports") or ())),
-            allow_wide_networks=bool(args.get("allow_wide_networks", False)),
-        ),
-        api_key=os.environ.get("TIS_API_KEY") or None,
-        fetch=FetchConfig(timeout_s=float(args.get("timeout_s", fetch.timeout_s)),
-                          max_bytes=int(args.get("max_image_bytes", fetch.max_bytes)),
-                          max_pixels=int(args.get("max_pixels", SERVE_MAX_PIXELS)),
-                          honor_opt_out=not args.get("ignore_opt_out", False),
-                          user_agent=str(args.get("user_agent") or fetch.user_agent)),
-        limits=ServiceLimits(max_pairs=int(args.get("max_pairs", limits.max_pairs)),
-                             max_body_bytes=int(args.get("max_body_bytes", limits.max_body_bytes))),
-    )
+class ServeArgs(BaseModel):
+    """The ``args`` of a Serve config's tis-ray application (see deploy/serve-*.yaml), typed.
+
+    Serve validates a config's ``args`` against this model before it calls `build_app`, so a
+    wrong type or an unknown key fails the deploy with the field's name; ``tis-ray serve``
+    builds one from its flags. Unset fields take the service's defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = DEFAULT_MODEL
+    device: Device = "auto"
+    dtype: DType = "auto"
+    allow_hosts: tuple[str, ...] = ()  # names, IPs, CIDR networks, each with an optional :PORT (netguard)
+    allowlist_only: bool = False
+    allow_ports: tuple[Port, ...] = ()  # besides 80 and 443
+    allow_wide_networks: bool = False
+    max_pairs: PositiveInt = ServiceLimits.max_pairs
+    max_body_bytes: PositiveInt = ServiceLimits.max_body_bytes
+    timeout_s: PositiveFloat = FetchConfig.timeout_s
+    max_image_bytes: PositiveInt = FetchConfig.max_bytes
+    max_pixels: PositiveInt = SERVE_MAX_PIXELS
+    ignore_opt_out: bool = False
+    user_agent: str = FetchConfig.user_agent
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, args: object) -> object:
+        # `extra="forbid"` alone says "Extra inputs are not permitted"; a config's author also
+        # needs the names that would have been accepted.
+        unknown = set(args) - set(cls.model_fields) if isinstance(args, dict) else set()
+        if unknown:
+            raise ValueError(f"unknown tis-ray app args: {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(cls.model_fields)})")
+        return args
+
+    def service_options(self) -> dict:
+        """`ScoringService` constructor arguments; ``ValueError`` for a bad allowlist entry.
+
+        The policy is built here, where a bad entry is one clear error before any replica
+        starts; the API key comes from ``TIS_API_KEY`` where the app is built.
+        """
+        return dict(
+            model=self.model,
+            device=self.device,
+            dtype=self.dtype,
+            policy=AddressPolicy.from_strings(self.allow_hosts, self.allowlist_only,
+                                              ports=(*DEFAULT_PORTS, *self.allow_ports),
+                                              allow_wide_networks=self.allow_wide_networks),
+            api_key=os.environ.get("TIS_API_KEY") or None,
+            fetch=FetchConfig(timeout_s=self.timeout_s, max_bytes=self.max_image_bytes, max_pixels=self.max_pixels,
+                              honor_opt_out=not self.ignore_opt_out, user_agent=self.user_agent),
+            limits=ServiceLimits(max_pairs=self.max_pairs, max_body_bytes=self.max_body_bytes),
+        )
 
 
-def build_app(args: dict) -> serve.Application:
+# The app arg names, for checks that a config's ``args`` name only these.
+APP_ARGS = tuple(ServeArgs.model_fields)
+
+
+def build_app(args: ServeArgs) -> serve.Application:
     """The application for ``serve run`` / ``serve deploy`` (``import_path: tis_ray.serve:build_app``).
 
-    ``args`` are `APP_ARGS`; the API key comes from ``TIS_API_KEY`` where the app is built.
-    Batch size and wait come from the deployment's ``user_config`` in the same file.
+    Serve turns the config's ``args`` into a `ServeArgs` (the type hint says so). Batch size
+    and wait come from the deployment's ``user_config`` in the same file.
     """
-    return ScoringService.bind(**service_options(args))
-
-
-def run_foreground(args: dict, *, host: str, port: int, max_batch_size: int, batch_wait_ms: float) -> None:
-    """Serve on host:port until Ctrl-C or SIGTERM (even during start-up), then shut Serve down."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    user_config = {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms}
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(ScoringService.options(user_config=user_config).bind(**service_options(args)),
-                  name="tis-ray", route_prefix="/")
-        print(f"tis-ray serving {args.get('model')} at http://{host}:{port} (docs at /docs); Ctrl-C stops",
-              flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("tis-ray: shutting down", flush=True)
-    finally:
-        serve.shutdown()
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    return ScoringService.bind(**args.service_options())
