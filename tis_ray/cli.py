@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import time
 
 from . import __version__
 from .config import (
@@ -266,8 +268,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _serve_in_foreground(service_options: dict, *, host: str, port: int, user_config: dict) -> None:
     """Serve on host:port until Ctrl-C or SIGTERM (even during start-up), then shut Serve down."""
-    import signal
-    import time
 
     from ray import serve
 

@@ -209,7 +209,7 @@ class ServeArgs(BaseModel):
     max_image_bytes: PositiveInt = FetchConfig.max_bytes
     max_pixels: PositiveInt = SERVE_MAX_PIXELS
     ignore_opt_out: bool = False
-    user_agent: str = FetchConfig.user_agent
+    user_agent: Annotated[str, Field(min_length=1)] = FetchConfig.user_agent  # sites look for who asks
 
     @model_validator(mode="before")
     @classmethod
