@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny CLIP checkpoint built by our own script, real photos, a
-real HTTP server on 127.0.0.1 with failure modes, and one local Ray per session."""
+"""Shared fixtures: a tiny CLIP checkpoint built by our own script, real photos, real HTTP
+servers on 127.0.0.1 with failure modes (tests/loopback.py), and one local Ray per session."""
 
 from __future__ import annotations
 
@@ -7,23 +7,19 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback import PHOTOS, ImageServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-PHOTOS = REPO / "examples" / "images"
 
 # Ray's default for local clusters is token authentication. The suite keeps it on for every
 # Ray it starts and shares one token the way a user shares it with each shell and node
@@ -54,129 +50,6 @@ def tiny_model(tmp_path_factory) -> str:
 def photos() -> dict[str, Path]:
     """Real photographs shipped in examples/images (scikit-image sample data)."""
     return {name: PHOTOS / f"{name}.jpg" for name in PHOTO_NAMES}
-
-
-class ImageServer:
-    """A real threaded HTTP server on 127.0.0.1.
-
-    Routes:
-      /photo/<name>.jpg           a repo photo
-      /status/<code>              that status, empty body
-      /flaky/<key>/<name>.jpg     500 on the first request for <key>, then the photo
-      /slow/<seconds>             waits, then a photo
-      /paced/<key>/<name>.jpg     waits `pace_s` seconds (settable while running), then the photo
-      /big/<bytes>                that many bytes of image/jpeg body (a real JPEG header)
-      /html                       an HTML page sent as image/jpeg
-      /truncated/<name>.jpg       the first half of a photo
-      /bytes/<key>                bytes registered with `serve_bytes`
-      /redirect/<n>/<name>.jpg    n redirects, then the photo
-      /goto?url=<absolute URL>    one redirect to that URL
-    """
-
-    def __init__(self):
-        self.requests: list[str] = []
-        self.hits: dict[str, int] = {}
-        self.extra: dict[str, tuple[bytes, str]] = {}
-        self.pace_s = 0.0
-        self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def url(self, path: str) -> str:
-        return f"{self.base}/{path.lstrip('/')}"
-
-    def serve_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        self.extra[key] = (data, content_type)
-        return self.url(f"bytes/{key}")
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def _count(self, key: str) -> int:
-        with self._lock:
-            self.hits[key] = self.hits.get(key, 0) + 1
-            return self.hits[key]
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                if self.path.startswith("/goto?url="):
-                    target = urllib.parse.unquote(self.path.split("=", 1)[1])
-                    return self.send(302, b"", "text/plain", [("Location", target)])
-                parts = self.path.strip("/").split("/")
-                route, args = parts[0], parts[1:]
-                try:
-                    getattr(self, f"route_{route}")(*args)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def send(self, status: int, body: bytes = b"", content_type: str = "image/jpeg", headers=()):
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in headers:
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def route_photo(self, name):
-                path = PHOTOS / name
-                if not path.is_file():
-                    return self.send(404, b"not found", "text/plain")
-                self.send(200, path.read_bytes())
-
-            def route_status(self, code):
-                self.send(int(code), b"", "text/plain")
-
-            def route_flaky(self, key, name):
-                if server._count(f"flaky/{key}") == 1:
-                    return self.send(500, b"try again", "text/plain")
-                self.route_photo(name)
-
-            def route_slow(self, seconds):
-                time.sleep(float(seconds))
-                self.route_photo("chelsea.jpg")
-
-            def route_paced(self, key, name):
-                time.sleep(server.pace_s)
-                self.route_photo(name)
-
-            def route_big(self, size):
-                head = (PHOTOS / "chelsea.jpg").read_bytes()[:1024]
-                self.send(200, head + b"\0" * (int(size) - len(head)))
-
-            def route_html(self):
-                self.send(200, b"<!DOCTYPE html><html><body>not an image</body></html>", "image/jpeg")
-
-            def route_truncated(self, name):
-                data = (PHOTOS / name).read_bytes()
-                self.send(200, data[: len(data) // 2])
-
-            def route_bytes(self, key):
-                data, content_type = server.extra[key]
-                self.send(200, data, content_type)
-
-            def route_redirect(self, n, name):
-                if int(n) == 0:
-                    return self.route_photo(name)
-                self.send(302, b"", "text/plain", [("Location", f"/redirect/{int(n) - 1}/{name}")])
-
-        return Handler
 
 
 PACED_ROWS = 128
@@ -220,9 +93,25 @@ def paced_job(tmp_path_factory, tiny_model, local_ray):
 
 @pytest.fixture(scope="session")
 def image_server():
-    server = ImageServer()
-    yield server
-    server.close()
+    """One image server for the whole session: for tests that count only their own requests."""
+    with ImageServer() as server:
+        yield server
+
+
+@pytest.fixture
+def loopback():
+    """A fresh image server per test, for tests that assert what reached it at all: its
+    request log and connection count start empty."""
+    with ImageServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hop_server():
+    """A second fresh image server, for a redirect's first hop (``/goto?url=<next hop>``)
+    when `loopback` is the server that must see nothing."""
+    with ImageServer() as server:
+        yield server
 
 
 def loopback_ray_env(**extra) -> dict:
@@ -234,12 +123,6 @@ def loopback_ray_env(**extra) -> dict:
     bin_dir = os.path.dirname(sys.executable)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
+from conftest import PHOTOS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,7 +34,7 @@ from tis_ray.netguard import (
 )
 from tis_ray.sources import ImageSource
 
-PHOTO = Path(__file__).resolve().parent.parent / "examples" / "images" / "chelsea.jpg"
+PHOTO = PHOTOS / "chelsea.jpg"
 FAST = FetchConfig(timeout_s=3.0, retries=0, max_redirects=3)
 ip = ipaddress.ip_address
 
@@ -253,71 +250,6 @@ def test_url_check_judges_schemes_and_ip_hosts_but_leaves_names_to_the_resolver(
 # --- the real ImageFetcher against loopback servers --------------------------------
 
 
-class Watched:
-    """A loopback server's port plus what reached it since the test began."""
-
-    def __init__(self, httpd: ThreadingHTTPServer, requests: list[str]):
-        self.port = httpd.server_address[1]
-        self.connections = 0
-        self._requests = requests
-        self._start = len(requests)
-
-    @property
-    def requests(self) -> list[str]:
-        return self._requests[self._start :]
-
-    def counting(self, verify):
-        def verify_request(request, client_address):
-            self.connections += 1
-            return verify(request, client_address)
-
-        return verify_request
-
-
-@pytest.fixture
-def loopback(image_server, monkeypatch) -> Watched:
-    """conftest's image_server, with every accepted TCP connection counted."""
-    watched = Watched(image_server.httpd, image_server.requests)
-    httpd = image_server.httpd
-    monkeypatch.setattr(httpd, "verify_request", watched.counting(httpd.verify_request))
-    return watched
-
-
-@pytest.fixture
-def hop_server():
-    """Loopback server whose /hop?to=<url> answers 302 with that absolute Location."""
-    requests: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            requests.append(self.path)
-            parts = urlsplit(self.path)
-            if parts.path == "/hop":
-                headers = [("Location", parse_qs(parts.query)["to"][0])]
-                status, body = 302, b""
-            else:
-                headers, status, body = [], 200, PHOTO.read_bytes()
-            self.send_response(status)
-            for key, value in [*headers, ("Content-Length", str(len(body)))]:
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    watched = Watched(httpd, requests)
-    httpd.verify_request = watched.counting(httpd.verify_request)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield watched
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def fetch(url: str, allow: tuple[str, ...] = (), names: dict[str, list[str]] | None = None,
           with_url_check: bool = True) -> bytes | RowError:
     """One fetch through the guarded parts, any port allowed (the port policy has tests of its own);
@@ -380,18 +312,18 @@ def test_an_allowlisted_name_or_network_connects_to_the_resolved_address(loopbac
 def test_a_redirect_from_an_allowlisted_name_to_its_raw_ip_is_refused(hop_server):
     names = {"allowed.test": ["127.0.0.1"]}
     to_ip = f"http://127.0.0.1:{hop_server.port}/photo/chelsea.jpg"
-    result = fetch(f"http://allowed.test:{hop_server.port}/hop?to={to_ip}", ("allowed.test",), names)
+    result = fetch(f"http://allowed.test:{hop_server.port}/goto?url={to_ip}", ("allowed.test",), names)
     assert_blocked(result, "127.0.0.1 resolves to 127.0.0.1")
-    assert hop_server.requests == [f"/hop?to={to_ip}"]
+    assert hop_server.requests == [f"/goto?url={to_ip}"]
     assert hop_server.connections == 1
 
 
 def test_a_redirect_that_keeps_the_allowlisted_name_is_followed(hop_server):
     names = {"allowed.test": ["127.0.0.1"]}
     to_name = f"http://allowed.test:{hop_server.port}/photo/chelsea.jpg"
-    result = fetch(f"http://allowed.test:{hop_server.port}/hop?to={to_name}", ("allowed.test",), names)
+    result = fetch(f"http://allowed.test:{hop_server.port}/goto?url={to_name}", ("allowed.test",), names)
     assert result == PHOTO.read_bytes()
-    assert hop_server.requests == [f"/hop?to={to_name}", "/photo/chelsea.jpg"]
+    assert hop_server.requests == [f"/goto?url={to_name}", "/photo/chelsea.jpg"]
 
 
 @pytest.mark.parametrize("spelling", [

@@ -25,9 +25,9 @@ import yarl
 from conftest import REPO
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from loopback import RawServer
 from PIL import Image
-from raw_server import RawServer
-from test_netguard import PHOTO, StubResolver, guarded_fetch, hop_server, loopback  # noqa: F401 - fixtures
+from test_netguard import PHOTO, StubResolver, guarded_fetch
 
 from tis_ray import errors
 from tis_ray.config import FetchConfig
@@ -113,7 +113,7 @@ def test_hostile_hosts_in_a_redirect_are_refused_without_a_connection(loopback, 
     target server sees nothing."""
     stub = StubResolver({"allowed.test": ["127.0.0.1"]})
     target = f"http://{host}:{loopback.port}/photo/chelsea.jpg"
-    url = f"http://allowed.test:{hop_server.port}/hop?to={urllib.parse.quote(target, safe='')}"
+    url = f"http://allowed.test:{hop_server.port}/goto?url={urllib.parse.quote(target, safe='')}"
     result = guarded_fetch(url, AddressPolicy(("allowed.test",), ports=None), stub)
     assert isinstance(result, RowError) and result.kind == kind, result
     assert len(hop_server.requests) == 1  # the hop itself, and nothing after it

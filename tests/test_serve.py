@@ -16,8 +16,8 @@ import urllib.request
 import aiohttp
 import pytest
 from conftest import PHOTOS, free_port
+from loopback import RawServer
 from PIL import Image
-from raw_server import RawServer
 
 from tis_ray import score_pairs
 from tis_ray.config import SERVE_MAX_PIXELS, FetchConfig

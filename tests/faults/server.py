@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from loopback import Listener, listening_socket
+
 
 @dataclass
 class Exchange:
@@ -200,7 +202,7 @@ def raw(data: bytes) -> Behaviour:
     return behaviour
 
 
-class FaultServer:
+class FaultServer(Listener):
     """Serves `routes` on 127.0.0.1 from its own thread and event loop."""
 
     def __init__(self, routes: dict[str, Behaviour]):
@@ -215,10 +217,6 @@ class FaultServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the fault server did not start")
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def url(self, run: str, route: str) -> str:
         return f"{self.base}/{run}/{route}"
@@ -242,8 +240,9 @@ class FaultServer:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self._server = self.loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
+        sock = listening_socket()
+        self.port = sock.getsockname()[1]
+        self._server = self.loop.run_until_complete(asyncio.start_server(self._connection, sock=sock))
         self._ready.set()
         self.loop.run_forever()
 
