@@ -49,7 +49,7 @@ from .http_api import (
 from .netguard import DEFAULT_PORTS, AddressPolicy, guarded_fetcher_parts
 from .prepare import ImagePreparer
 from .records import check_caption
-from .scorer import ClipScorer, similarity_from_cosine
+from .scorer import make_scorer, similarity_from_cosine
 from .sources import classify_image_ref
 
 logger = logging.getLogger("ray.serve")
@@ -117,7 +117,7 @@ class ScoringService:
         fetch: FetchConfig | None = None,
         limits: ServiceLimits | None = None,
     ):
-        self.scorer = ClipScorer(ModelConfig(model=model, device=device, dtype=dtype))
+        self.scorer = make_scorer(ModelConfig(model=model, device=device, dtype=dtype))
         self.fetch = fetch or FetchConfig()
         self.limits = limits or ServiceLimits()
         # `app` here is the replica's own copy (Serve pickles the ingress class by value).
