@@ -29,6 +29,7 @@ import gzip
 import io
 import json
 import math
+import random
 import tempfile
 from pathlib import Path
 
@@ -170,8 +171,9 @@ def training_sentences() -> list[str]:
         word = left + right.removesuffix("</w>")
         if right.endswith("</w>") and word.isascii() and word.isalpha() and len(word) > 1:
             words.append(word)
-    words = ["a", "of", *words]  # one-letter words never come out of a merge
+    words = ["a", *words]  # a one-letter word never comes out of a merge
     stream = [word for rank, word in enumerate(words) for _ in range(max(1, 400 // (rank + 4)))]
+    random.Random(0).shuffle(stream)  # fixed seed: the same sentences every build
     sentences = [stream[i : i + 10] for i in range(0, len(stream), 10)]
     return [" ".join([s[0].capitalize(), *s[1:]]) + "." for s in sentences]
 
@@ -269,9 +271,11 @@ def save_siglip(out_dir: Path, arch: str) -> SiglipModel:
     return model
 
 
-FAMILY_NAMES = {"clip": ("CLIP", "openai/clip-vit-base-patch32"),
-                "siglip": ("SigLIP", "google/siglip-base-patch16-224"),
-                "siglip2": ("SigLIP 2", "google/siglip2-base-patch16-224")}
+# (name, the released checkpoint it imitates, what of its tokenizer it has)
+TRAINED_TOKENIZER = "kind of tokenizer (a small trained vocabulary)"
+FAMILY_NAMES = {"clip": ("CLIP", "openai/clip-vit-base-patch32", "tokenizer"),
+                "siglip": ("SigLIP", "google/siglip-base-patch16-224", TRAINED_TOKENIZER),
+                "siglip2": ("SigLIP 2", "google/siglip2-base-patch16-224", TRAINED_TOKENIZER)}
 
 
 def family_of(arch: str) -> str:
@@ -294,12 +298,12 @@ def main() -> None:
     model = save(args.out_dir, args.arch).to(torch.float32)
     model.save_pretrained(args.out_dir)
 
-    name, released = FAMILY_NAMES[family]
+    name, released, tokenizer = FAMILY_NAMES[family]
     (args.out_dir / "README.md").write_text(
         f"# Random-weight {name} test checkpoint\n\n"
         f"Built by `scripts/make_test_model.py --arch {args.arch} --seed {args.seed}`.\n\n"
         f"The weights are RANDOM: similarity scores from this model mean nothing.\n"
-        f"Only the architecture, the kind of tokenizer and the image preprocessing match "
+        f"Only the architecture, the {tokenizer} and the image preprocessing match "
         f"{released}, so it is good for offline tests of the plumbing.\n",
         encoding="utf-8",
     )
