@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny CLIP checkpoint built by our own script, real photos, real HTTP
-servers on 127.0.0.1 with failure modes (tests/loopback.py), and one local Ray per session."""
+"""Shared fixtures: tiny CLIP and SigLIP checkpoints built by our own script, real photos,
+real HTTP servers on 127.0.0.1 with failure modes (tests/loopback.py), and one local Ray per session."""
 
 from __future__ import annotations
 
@@ -35,15 +35,32 @@ def ray_token_header() -> dict[str, str]:
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina")
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """A random-weight CLIP in Hugging Face format, built by scripts/make_test_model.py."""
-    out = tmp_path_factory.mktemp("models") / "tiny-clip"
+def build_test_model(tmp_path_factory, arch: str) -> str:
+    """A random-weight checkpoint in Hugging Face format, built by scripts/make_test_model.py."""
+    out = tmp_path_factory.mktemp("models") / arch
     subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_test_model.py"), str(out), "--arch", "tiny"],
+        [sys.executable, str(REPO / "scripts" / "make_test_model.py"), str(out), "--arch", arch],
         check=True, capture_output=True,
     )
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A random-weight CLIP (openai/clip-vit-base-patch32's tokenizer and preprocessing)."""
+    return build_test_model(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def siglip_model(tmp_path_factory) -> str:
+    """A random-weight SigLIP (google/siglip-base-patch16-224's layout and preprocessing)."""
+    return build_test_model(tmp_path_factory, "siglip-tiny")
+
+
+@pytest.fixture(scope="session")
+def siglip2_model(tmp_path_factory) -> str:
+    """A random-weight fixed-resolution SigLIP 2 (google/siglip2-base-patch16-224's layout)."""
+    return build_test_model(tmp_path_factory, "siglip2-tiny")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""Tests for scripts/make_test_model.py, the offline random-weight CLIP builder."""
+"""Tests for scripts/make_test_model.py, the offline random-weight CLIP and SigLIP builder."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPModel,
+    CLIPProcessor,
+    SiglipModel,
+)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_test_model.py"
 
@@ -133,3 +142,129 @@ def test_vit_b_32_config_matches_openai():
         model = CLIPModel(config)
     # OpenAI's published parameter count for ViT-B/32.
     assert sum(p.numel() for p in model.parameters()) == 151_277_313
+
+
+# --- SigLIP and SigLIP 2 (fixed resolution) ------------------------------------------------
+
+SIGLIP_ARCHS = {"siglip": "siglip-tiny", "siglip2": "siglip2-tiny"}
+SIGLIP_CAPTIONS = ["a photo of a cat", "A Photo, of a CAT!", "a rocket lifting off from a launch pad at dawn"]
+
+
+@pytest.fixture(scope="module")
+def siglip_builds(tmp_path_factory):
+    """Each SigLIP arch built twice with seed 0, in parallel: {(family, "a"|"b"): folder}."""
+    root = tmp_path_factory.mktemp("siglip")
+    dirs = {(family, copy): root / f"{family}-{copy}" for family in SIGLIP_ARCHS for copy in "ab"}
+    procs = {
+        key: subprocess.Popen([sys.executable, str(SCRIPT), str(d), "--arch", SIGLIP_ARCHS[key[0]], "--seed", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for key, d in dirs.items()
+    }
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert f"wrote {SIGLIP_ARCHS[key[0]]} SigLIP" in out
+    return dirs
+
+
+@pytest.fixture(params=sorted(SIGLIP_ARCHS))
+def siglip_dir(request, siglip_builds) -> tuple[str, Path]:
+    return request.param, siglip_builds[(request.param, "a")]
+
+
+def test_siglip_writes_the_released_layout(siglip_dir):
+    family, model_dir = siglip_dir
+    tokenizer_file = "spiece.model" if family == "siglip" else "tokenizer.json"
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json",
+                 "tokenizer_config.json", tokenizer_file):
+        assert (model_dir / name).is_file(), name
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model_type"] == "siglip"  # SigLIP 2's fixed-resolution checkpoints are "siglip" too
+    readme = (model_dir / "README.md").read_text(encoding="utf-8")
+    assert "RANDOM" in readme and f"--arch {SIGLIP_ARCHS[family]} --seed 0" in readme
+
+
+def test_siglip_image_processor_has_the_released_settings(siglip_dir):
+    family, model_dir = siglip_dir
+    saved = json.loads((model_dir / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "SiglipImageProcessor"
+    assert saved["size"] == {"height": 224, "width": 224} and not saved.get("do_center_crop")
+    assert saved["image_mean"] == saved["image_std"] == [0.5, 0.5, 0.5]
+    assert saved["rescale_factor"] == pytest.approx(1 / 255)
+    # google/siglip-base-patch16-224: 3 (bicubic); google/siglip2-base-patch16-224: 2 (bilinear).
+    assert saved["resample"] == {"siglip": 3, "siglip2": 2}[family]
+
+
+def test_siglip_loads_and_runs_as_documented(siglip_dir):
+    """AutoModel + AutoProcessor and the model cards' call, padding="max_length", max_length=64."""
+    family, model_dir = siglip_dir
+    model = AutoModel.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    assert type(model).__name__ == "SiglipModel" and model.dtype == torch.float32
+    assert type(processor).__name__ == "SiglipProcessor"
+    assert type(processor.tokenizer).__name__ == {"siglip": "SiglipTokenizer", "siglip2": "GemmaTokenizer"}[family]
+    images = [Image.new("RGB", (320, 240), (200, 30, 30)), Image.new("L", (100, 180), 128)]
+    inputs = processor(text=SIGLIP_CAPTIONS, images=images, padding="max_length", max_length=64,
+                       return_tensors="pt")
+    # As released (transformers' conversion script): no attention mask, the model attends to the padding.
+    assert set(inputs) == {"input_ids", "pixel_values"}
+    assert inputs["input_ids"].shape == (3, 64) and inputs["pixel_values"].shape == (2, 3, 224, 224)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    assert outputs.logits_per_image.shape == (2, 3) and torch.isfinite(outputs.logits_per_image).all()
+    # The pair head is set, not left at transformers' zero init: logits = cos * 10 - 1.
+    cosine = outputs.image_embeds @ outputs.text_embeds.T
+    torch.testing.assert_close(outputs.logits_per_image, cosine * 10 - 1)
+
+
+def test_siglip_tokenizer_canonicalises_and_pads_with_eos(siglip_builds):
+    tokenizer = AutoTokenizer.from_pretrained(siglip_builds[("siglip", "a")])
+    plain, shouted, long = (tokenizer(c)["input_ids"] for c in SIGLIP_CAPTIONS)
+    assert plain == shouted  # lower case, punctuation removed, as big_vision's SigLIP text preprocessing
+    assert plain[-1] == tokenizer.eos_token_id == 1 and tokenizer.eos_token_id not in plain[:-1]
+    assert tokenizer.convert_ids_to_tokens(tokenizer("of the")["input_ids"]) == ["▁of", "▁the", "</s>"]  # words
+    padded = tokenizer(["a cat"], padding="max_length", max_length=64)["input_ids"][0]
+    assert len(padded) == 64 and padded[len(tokenizer("a cat")["input_ids"]):] == [1] * (64 - 3)
+    assert tokenizer.model_max_length == 64
+    cut = tokenizer("cat " * 100, truncation=True)["input_ids"]
+    assert len(cut) == 64 and cut[-1] == 1
+    assert len(long) < 64
+
+
+def test_gemma_tokenizer_is_siglip2s_kind(siglip_builds):
+    tokenizer = AutoTokenizer.from_pretrained(siglip_builds[("siglip2", "a")])
+    ids = tokenizer("a photo of a cat")["input_ids"]
+    assert ids[-1] == tokenizer.eos_token_id == 1 and tokenizer.bos_token_id not in ids  # no BOS, EOS appended
+    assert tokenizer("A cat")["input_ids"] != tokenizer("a cat")["input_ids"]  # Gemma keeps case
+    padded = tokenizer(["a cat"], padding="max_length", max_length=64)["input_ids"][0]
+    n = len(tokenizer("a cat")["input_ids"])
+    assert padded[:n] == tokenizer("a cat")["input_ids"] and padded[n:] == [0] * (64 - n)  # right, with <pad>
+    text = "héllo wörld 😀, 42"
+    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text  # byte fallback
+    assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"]
+
+
+def test_siglip_same_seed_same_build(siglip_builds):
+    for family in SIGLIP_ARCHS:
+        a, b = siglip_builds[(family, "a")], siglip_builds[(family, "b")]
+        wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        tokenizer_file = "spiece.model" if family == "siglip" else "tokenizer.json"
+        assert (a / tokenizer_file).read_bytes() == (b / tokenizer_file).read_bytes()
+
+
+@pytest.mark.parametrize("family, vocab_size, millions", [("siglip", 32_000, 203), ("siglip2", 256_000, 375)])
+def test_siglip_base_configs_match_the_released(siglip_builds, family, vocab_size, millions):
+    """`--arch siglip` / `siglip2` have google/siglip(2)-base-patch16-224's shapes."""
+    tokenizer = AutoTokenizer.from_pretrained(siglip_builds[(family, "a")])
+    config = load_script().build_siglip_config(family, tokenizer)
+    text, vision = config.text_config, config.vision_config
+    for tower in (text, vision):
+        assert (tower.hidden_size, tower.intermediate_size, tower.num_hidden_layers, tower.num_attention_heads) == (
+            768, 3072, 12, 12)
+    assert (text.vocab_size, text.max_position_embeddings) == (vocab_size, 64)
+    assert (vision.image_size, vision.patch_size) == (224, 16)
+    with torch.device("meta"):
+        model = SiglipModel(config)
+    # The model cards give 203M (SigLIP) and 375M (SigLIP 2, its 256k-token Gemma vocabulary) parameters.
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == millions

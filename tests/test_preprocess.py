@@ -1,7 +1,8 @@
-"""resize_and_crop + normalize must reproduce transformers' own CLIP image processor.
+"""resize_and_crop + normalize must reproduce transformers' own image processors.
 
-The reference is the processor saved in the tiny test checkpoint (PIL backend), run on
-the same RGB images; nothing here re-derives the maths the code under test uses.
+The reference is the processor saved in the tiny test checkpoint (PIL backend), or
+SigLIP's with the released checkpoints' settings, run on the same RGB images; nothing
+here re-derives the maths the code under test uses.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor
+from transformers.image_utils import PILImageResampling
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from tis_ray.prepare import bytes_to_pixels
 from tis_ray.preprocess import PreprocessSpec, min_decode_side, resize_and_crop
@@ -115,6 +118,22 @@ def test_custom_processors_match_transformers(options, shape):
     assert_matches(custom(**options), noise(*shape, seed=shape[0] * 7 + shape[1]))
 
 
+# google/siglip-base-patch16-224 and google/siglip2-base-patch16-224's preprocessor_config.json:
+# 224x224 without keeping the aspect ratio, no crop, mean = std = 0.5; bicubic for SigLIP,
+# bilinear for SigLIP 2. The class defaults are the rest of those files.
+SIGLIP = {"siglip": dict(resample=PILImageResampling.BICUBIC), "siglip2": dict(resample=PILImageResampling.BILINEAR)}
+
+
+@pytest.mark.parametrize("options", SIGLIP.values(), ids=SIGLIP.keys())
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_siglip_processors_match_transformers(options, shape, photos):
+    processor = SiglipImageProcessorPil(**options)
+    spec = PreprocessSpec.from_image_processor(processor)
+    assert spec.resize_to == (224, 224) and spec.crop_size is None and spec.image_mean == (0.5, 0.5, 0.5)
+    assert_matches(processor, noise(*shape))
+    assert_matches(processor, photo_shape(photos, *shape))
+
+
 def test_small_image_is_zero_padded_like_transformers():
     processor = custom(do_resize=False, do_normalize=False, do_rescale=False, crop_size={"height": 5, "width": 4})
     spec = PreprocessSpec.from_image_processor(processor)
@@ -178,6 +197,13 @@ def test_spec_refuses_size_limits_it_would_ignore(options):
     """transformers caps the long side at longest_edge; a spec that dropped it would differ silently."""
     processor = custom(**options)
     assert reference(processor, noise(1000, 400)).shape[1:] in {(120, 300), (224, 224)}
+    with pytest.raises(ValueError, match="unsupported"):
+        PreprocessSpec.from_image_processor(processor)
+
+
+def test_spec_refuses_padding_it_would_ignore():
+    processor = custom(do_pad=True, pad_size={"height": 300, "width": 300})
+    assert reference(processor, noise(500, 300)).shape[1:] == (300, 300)  # transformers pads the crop
     with pytest.raises(ValueError, match="unsupported"):
         PreprocessSpec.from_image_processor(processor)
 

@@ -172,3 +172,43 @@ def test_image_bytes_held_in_the_input():
     with pytest.raises(RowError) as empty:
         checked_image_bytes(b"", max_bytes=3)
     assert empty.value.kind == errors.MISSING_IMAGE
+
+
+# The whole message of every refusal: the kind and a detail that says what is wrong with
+# the cell (README: "a clear one-line message"). Found missing by a mutation run, which
+# could blank any of these texts with no test failing.
+@pytest.mark.parametrize(("cell", "message"), [
+    (None, "missing_image: the image column is empty"),
+    (float("nan"), "missing_image: the image column is empty"),
+    ("   ", "missing_image: the image column is empty"),
+    (12, "invalid_url: expected a URL or path, got int"),
+    ("a\x00b.jpg", "invalid_url: contains a NUL byte"),
+    ("http://[v1.x]/a.jpg", "invalid_url: 'http://[v1.x]/a.jpg': a bracketed host must be an IPv6 address"),
+    ("http://u@[v1.x]/a.jpg", "invalid_url: 'http://u@[v1.x]/a.jpg': a bracketed host must be an IPv6 address"),
+    ("http://a@b@[v1.x]/a.jpg", "invalid_url: 'http://a@b@[v1.x]/a.jpg': a bracketed host must be an IPv6 address"),
+    ("http://a.com:0/x.jpg", "invalid_url: 'http://a.com:0/x.jpg' has an invalid port"),
+    ("http://a.com:65536/x.jpg", "invalid_url: 'http://a.com:65536/x.jpg': Port out of range 0-65535"),  # yarl's words
+    ("http:///x.jpg", "invalid_url: 'http:///x.jpg' has no host"),
+    ("http://a b.com/x.jpg", "invalid_url: 'http://a b.com/x.jpg' has white space in its host"),
+    ("http://[]@/x", "invalid_url: 'http://[]@/x': string index out of range"),  # yarl's own IndexError
+    ("file://[", "invalid_url: 'file://[': Invalid IPv6 URL"),
+    ("file://remote/x.jpg", "invalid_url: file URL 'file://remote/x.jpg' names a remote host"),
+    ("file://", "invalid_url: file URL 'file://' has no path"),
+    ("file:///a%00b.jpg", "invalid_url: file URL 'file:///a%00b.jpg' holds an escaped NUL byte"),
+])
+def test_each_refusal_says_what_is_wrong_in_one_line(cell, message):
+    with pytest.raises(RowError) as refused:
+        classify_image_ref(cell, "/base")
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("port", [1, 65535])
+def test_the_lowest_and_highest_ports_are_urls_like_any_other(port):
+    url = f"http://a.com:{port}/x.jpg"
+    assert classify_image_ref(url, "/base") == ImageSource("http", url)
+
+
+def test_an_empty_bytes_cell_is_a_missing_image():
+    with pytest.raises(RowError) as refused:
+        checked_image_bytes(b"", 10)
+    assert str(refused.value) == "missing_image: the image cell holds no bytes"

@@ -1,13 +1,15 @@
-"""Loading a CLIP checkpoint (hub id or local folder) and choosing device and dtype.
+"""Loading a dual-encoder checkpoint (hub id or local folder) and choosing device and dtype.
 
 The driver calls `load_preprocess_spec` before any Ray work, so a wrong or
-unreachable model is one clear message up front; each scorer actor then calls
-`load_model`.
+unreachable model, or one of a family tis-ray does not score, is one clear message
+up front; each scorer actor then calls `load_model`. `model_family` reads the family
+from the checkpoint's own config (``model_type``), never from its name.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import torch
 
@@ -33,22 +35,42 @@ def _describe_load_failure(model: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load CLIP model {model!r}: {text.splitlines()[0]}")
 
 
-def check_is_clip(model: str) -> None:
+Family = Literal["clip", "siglip"]
+
+# model_type in the checkpoint's config.json -> the family that scores it. SigLIP 2's
+# fixed-resolution checkpoints (google/siglip2-base-patch16-224 and the like) are
+# model_type "siglip" with a Gemma tokenizer: the SigLIP architecture, scored alike.
+FAMILIES: dict[str, Family] = {"clip": "clip", "siglip": "siglip"}
+SUPPORTED = "CLIP (model_type 'clip') and SigLIP or fixed-resolution SigLIP 2 (model_type 'siglip')"
+# A NaFlex SigLIP 2 resizes each image to its own patch grid (aspect kept, at most
+# max_num_patches patches) and the model needs that grid: the fetch stage's fixed-size
+# pixel arrays cannot carry it, so scoring one exactly needs a pixel format of its own.
+NAFLEX_HINT = (
+    "SigLIP 2 NaFlex checkpoints (model_type 'siglip2') are not supported yet; "
+    "use a fixed-resolution SigLIP 2 checkpoint such as google/siglip2-base-patch16-224"
+)
+
+
+def model_family(model: str) -> Family:
+    """The family of the checkpoint, from its config; a one-line error for any other."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise _describe_load_failure(model, exc) from None
-    if config.model_type != "clip":
-        raise ModelLoadError(f"{model!r} is a {config.model_type!r} model, not a CLIP checkpoint")
+    model_type = getattr(config, "model_type", None)
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    hint = NAFLEX_HINT if model_type == "siglip2" else f"tis-ray scores with {SUPPORTED} checkpoints"
+    raise ModelLoadError(f"{model!r} is a {model_type!r} model: {hint}")
 
 
 def load_preprocess_spec(model: str) -> PreprocessSpec:
     """The image preprocessing the checkpoint's own image processor would do."""
     from transformers import AutoImageProcessor
 
-    check_is_clip(model)
+    model_family(model)
     try:
         processor = AutoImageProcessor.from_pretrained(model, backend="pil")
         return PreprocessSpec.from_image_processor(processor)
@@ -93,16 +115,24 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
-def load_model(model: str, device: str, dtype: torch.dtype):
-    """The CLIP model (eval mode, on `device`, in `dtype`) and its tokenizer."""
-    from transformers import AutoTokenizer, CLIPModel
+def load_model(model: str, device: str, dtype: torch.dtype, family: Family):
+    """The model (eval mode, on `device`, in `dtype`) and its tokenizer, for a checkpoint
+    of `family` (the scorer class asks for its own, so a mismatch fails here)."""
+    from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per actor start is noise in a job's log
-    check_is_clip(model)
+    found = model_family(model)
+    if found != family:
+        raise ModelLoadError(f"{model!r} is a {found} checkpoint, not {family}")
     try:
-        clip = CLIPModel.from_pretrained(model, dtype=dtype)
+        network = AutoModel.from_pretrained(model, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise _describe_load_failure(model, exc) from None
-    return clip.to(device).eval(), tokenizer
+    except ImportError as exc:  # SigLIP's SentencePiece tokenizer needs the sentencepiece package
+        # transformers' text is a paragraph that starts with a newline: keep its first sentence.
+        reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
+        install = " (pip install sentencepiece)" if "sentencepiece" in reason.lower() else ""
+        raise ModelLoadError(f"cannot load the tokenizer of {model!r}: {reason}{install}") from None
+    return network.to(device).eval(), tokenizer

@@ -1,12 +1,20 @@
-"""CLIP image preprocessing, split where the bytes are smallest.
+"""Image preprocessing of every supported family, split where the bytes are smallest.
 
-The fetch actors resize and centre-crop to 8-bit pixels (``resize_and_crop``); the
-scorer rescales and normalises on its own device (``scorer.normalize``), so this
-module, and the fetch actors, need no torch. That ships a quarter of the bytes of
-float32 between actors and is exactly what the model's own image processor
-computes (transformers' ``image_processing_clip``): shortest side to
-``shortest_edge`` with ``int(size * long / short)`` for the long side, centre crop
-with a floor offset, zero padding where the image is smaller than the crop.
+The fetch actors resize (and crop, where the processor crops) to 8-bit pixels
+(``resize_and_crop``); the scorer rescales and normalises on its own device
+(``scorer.normalize``), so this module, and the fetch actors, need no torch. That ships
+a quarter of the bytes of float32 between actors and is exactly what the checkpoint's
+own image processor computes with transformers' PIL backend, read from its config:
+
+- CLIP (``image_processing_clip``): shortest side to ``shortest_edge`` with
+  ``int(size * long / short)`` for the long side, centre crop with a floor offset, zero
+  padding where the image is smaller than the crop; bicubic.
+- SigLIP and fixed-resolution SigLIP 2 (``image_processing_siglip``): straight to
+  ``size`` (height x width) without keeping the aspect ratio, no crop; bicubic for
+  SigLIP, bilinear for SigLIP 2 (each checkpoint's ``resample``); mean = std = 0.5.
+
+Both resize the uint8 RGB image with PIL before rescaling, so the split loses nothing.
+Settings this module does not implement are refused, not ignored.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class PreprocessSpec:
         unsupported = resize_to is None and any(size.get(k) for k in ("longest_edge", "max_height", "max_width"))
         if unsupported or (resize_to is None and shortest is None and crop is None):
             raise ValueError(f"unsupported image processor size settings: {processor.size}")
+        if getattr(processor, "do_pad", False):
+            raise ValueError(f"unsupported image processor padding: pad_size {processor.pad_size}")
         # do_normalize=False is the identity: mean 0, std 1.
         normalizes = getattr(processor, "do_normalize", True)
         return cls(

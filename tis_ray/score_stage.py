@@ -1,4 +1,4 @@
-"""The score stage: a thin adapter from Arrow batches to one `ClipScorer`.
+"""The score stage: a thin adapter from Arrow batches to one scorer (`scorer.make_scorer`).
 
 It scores the rows the fetch stage prepared, passes on the fetch stage's row errors,
 and replaces the pixel columns with the results; other columns pass through untouched.
@@ -12,7 +12,7 @@ import pyarrow as pa
 from .columns import FETCH_ERROR, PIXELS, RUNTIME, TRUNCATED, ResultColumns
 from .config import ModelConfig
 from .records import check_caption
-from .scorer import ClipScorer, similarity_from_cosine
+from .scorer import make_scorer, similarity_from_cosine
 
 
 class ScoreStage:
@@ -21,7 +21,7 @@ class ScoreStage:
         self.caption_column = caption_column
         self.with_cosine = with_cosine
         self.results = results
-        self.scorer = ClipScorer(model)
+        self.scorer = make_scorer(model)
         self.runtime = f"{self.scorer.device}/{self.scorer.dtype_name}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -1,5 +1,7 @@
-"""The one class that owns the CLIP model, which the batch pool and Serve both use, and the
-scoring math: cosine of unit embeddings, and its mapping to [0, 1].
+"""The classes that own a dual-encoder model, one per family behind one interface
+(`DualEncoderScorer`, built by `make_scorer`), which the batch pool and Serve both use,
+and the scoring math: cosine of unit embeddings, its mapping to [0, 1], and for SigLIP
+the pair head's probability.
 
 Inputs are already-cropped uint8 pixels (see `preprocess`) and caption strings;
 outputs are float32 cosines. Identical images and identical captions in a call are
@@ -17,11 +19,10 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
-from .loading import load_model, load_preprocess_spec, resolve_device, resolve_dtype
+from .loading import Family, load_model, load_preprocess_spec, model_family, resolve_device, resolve_dtype
 from .preprocess import PreprocessSpec
 
 SIMILARITY_DECIMALS = 4
-
 
 
 def cosine_rows(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
@@ -43,11 +44,29 @@ def similarity_from_cosine(cosine: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ScoreBatch:
+    """One call's results, one row per pair.
+
+    The embeddings are the ones the cosine was taken from, so embedding columns and a
+    second use of them (dedup, kNN) cost no second model pass.
+    """
+
     cosine: np.ndarray  # float32, one per pair
     truncated: np.ndarray  # bool: the caption was cut to the model's context
+    image_embeddings: np.ndarray  # (pairs, dim) float32, unit length: each pair's image
+    text_embeddings: np.ndarray  # (pairs, dim) float32, unit length: each pair's caption
+    # float64 match probability from the family's trained pair head; None for a family
+    # without one (CLIP's logits only mean something under a softmax over candidates).
+    probability: np.ndarray | None = None
 
 
-class ClipScorer:
+class DualEncoderScorer:
+    """A loaded image-text dual encoder: what the batch stage, Serve and the warm scorer
+    call, whatever the family. Subclasses say how their family's processor prepares text
+    (`text_padding`) and what their pair head makes of a cosine (`probabilities`)."""
+
+    family: Family
+    text_padding: str  # the tokenizer's `padding` mode, as the family's documented use passes it
+
     def __init__(self, cfg: ModelConfig):
         self.model_id = cfg.model
         self.device = resolve_device(cfg.device)
@@ -55,7 +74,7 @@ class ClipScorer:
         if self.device == "cpu":
             torch.set_num_threads(cfg.cpu_threads or os.cpu_count() or 1)
         self.preprocess = load_preprocess_spec(cfg.model)
-        self.model, self.tokenizer = load_model(cfg.model, self.device, self.dtype)
+        self.model, self.tokenizer = load_model(cfg.model, self.device, self.dtype, self.family)
         self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
 
     @property
@@ -63,17 +82,24 @@ class ClipScorer:
         return str(self.dtype).removeprefix("torch.")
 
     def score(self, pixels: np.ndarray, captions: list[str]) -> ScoreBatch:
-        """Cosine similarity of each (pixels[i], captions[i]) pair."""
+        """Cosine similarity of each (pixels[i], captions[i]) pair, and what goes with it."""
         if len(pixels) != len(captions):
             raise ValueError(f"{len(pixels)} images but {len(captions)} captions")
         if not captions:
-            return ScoreBatch(np.zeros(0, np.float32), np.zeros(0, bool))
+            cosine, no_embeddings = np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+            return ScoreBatch(cosine, np.zeros(0, bool), no_embeddings, no_embeddings, self.probabilities(cosine))
         first_image, image_index = _group([_digest(p) for p in pixels])
         first_caption, caption_index = _group(captions)
-        image_embeddings = self.embed_images(pixels[first_image])
+        image_embeddings = self.embed_images(pixels[first_image])[image_index]
         text_embeddings, truncated = self.embed_texts([captions[i] for i in first_caption])
-        cosine = cosine_rows(image_embeddings[image_index], text_embeddings[caption_index])
-        return ScoreBatch(cosine, truncated[caption_index])
+        text_embeddings = text_embeddings[caption_index]
+        cosine = cosine_rows(image_embeddings, text_embeddings)
+        return ScoreBatch(cosine, truncated[caption_index], image_embeddings, text_embeddings,
+                          self.probabilities(cosine))
+
+    def probabilities(self, cosine: np.ndarray) -> np.ndarray | None:
+        """The pair head's match probability for each cosine; None where the family has none."""
+        return None
 
     @torch.inference_mode()
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
@@ -91,12 +117,57 @@ class ClipScorer:
         limit = self.max_text_tokens + 1
         lengths = [len(ids) for ids in self.tokenizer(captions, truncation=True, max_length=limit)["input_ids"]]
         tokens = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
+            captions, padding=self.text_padding, truncation=True, max_length=self.max_text_tokens,
+            return_tensors="pt",
         ).to(self.device)
-        features = self.model.get_text_features(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-        ).pooler_output
+        # Exactly what the tokenizer returns goes in, as the processor's output does in the
+        # documented ``model(**processor(...))``: an attention mask only where it makes one.
+        inputs = {name: tokens[name] for name in ("input_ids", "attention_mask") if name in tokens}
+        features = self.model.get_text_features(**inputs).pooler_output
         return _unit(features), np.array(lengths) > self.max_text_tokens
+
+
+class ClipScorer(DualEncoderScorer):
+    """CLIP (and OpenCLIP or MetaCLIP checkpoints in transformers' layout).
+
+    Captions are padded to the longest in the call: the text tower pools at the EOS
+    token under a causal mask, so padding does not change a caption's embedding.
+    """
+
+    family = "clip"
+    text_padding = "longest"
+
+
+class SiglipScorer(DualEncoderScorer):
+    """SigLIP and fixed-resolution SigLIP 2 (model_type "siglip").
+
+    Captions are padded to the full context, as the model was trained and as its
+    documented use does (``padding="max_length"``, ``max_length=64``): the text tower
+    pools the last position, padding or not, so a shorter pad would change the score.
+    The released tokenizers return no attention mask (big_vision trained without one).
+    """
+
+    family = "siglip"
+    text_padding = "max_length"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        # SiglipModel.forward: logits = cos * logit_scale.exp() + logit_bias; probability = sigmoid.
+        # The paper's temperature t = exp(t') and bias b, as loaded (in the model's dtype).
+        self.temperature = float(self.model.logit_scale.detach().float().exp().item())
+        self.bias = float(self.model.logit_bias.detach().float().item())
+
+    def probabilities(self, cosine: np.ndarray) -> np.ndarray:
+        logits = np.asarray(cosine, dtype=np.float64) * self.temperature + self.bias
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+SCORERS: dict[Family, type[DualEncoderScorer]] = {"clip": ClipScorer, "siglip": SiglipScorer}
+
+
+def make_scorer(cfg: ModelConfig) -> DualEncoderScorer:
+    """The scorer for the checkpoint's family (from its config; see `loading.model_family`)."""
+    return SCORERS[model_family(cfg.model)](cfg)
 
 
 def normalize(pixels: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Ray Serve wiring: the shared `ClipScorer` behind a FastAPI ingress.
+"""Ray Serve wiring: the shared scorer (`scorer.make_scorer`: CLIP or SigLIP) behind a FastAPI ingress.
 
 Pairs from many requests are batched together by ``@serve.batch`` (size and wait
 set by ``user_config`` and changed live by ``reconfigure``). Images are fetched
@@ -58,7 +58,7 @@ from .netguard import DEFAULT_PORTS, AddressPolicy, guarded_fetcher_parts
 from .prepare import ImagePreparer
 from .records import check_caption
 from .request_checks import ServiceLimits, accepted_pairs, rejection_response
-from .scorer import ClipScorer, similarity_from_cosine
+from .scorer import make_scorer, similarity_from_cosine
 from .sources import classify_image_ref
 
 logger = logging.getLogger("ray.serve")
@@ -84,7 +84,7 @@ class ScoringService:
         fetch: FetchConfig | None = None,
         limits: ServiceLimits | None = None,
     ):
-        self.scorer = ClipScorer(ModelConfig(model=model, device=device, dtype=dtype))
+        self.scorer = make_scorer(ModelConfig(model=model, device=device, dtype=dtype))
         self.fetch = fetch or FetchConfig()
         self.limits = limits or ServiceLimits()
         # `app` here is the replica's own copy (Serve pickles the ingress class by value).

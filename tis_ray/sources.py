@@ -95,7 +95,7 @@ def parse_http_url(text: str) -> yarl.URL:
         raise RowError(INVALID_URL, f"{text!r}: {exc or type(exc).__name__}") from None
     if bracketed and ":" not in (host or ""):
         raise RowError(INVALID_URL, f"{text!r}: a bracketed host must be an IPv6 address")
-    if port is not None and not 0 < port < 65536:
+    if port == 0:  # yarl itself refuses ports outside 0-65535 (and says so); 0 it lets through
         raise RowError(INVALID_URL, f"{text!r} has an invalid port")
     return url
 
