@@ -93,9 +93,11 @@ def parse_args(argv):
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=positive_int, default=2000, help="pairs in the main comparison")
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 100], help="server latency per request")
-    parser.add_argument("--sweep", type=positive_int, nargs="*", default=[10000], help="more sizes for tis-ray alone (memory vs N)")
+    parser.add_argument("--sweep", type=positive_int, nargs="*", default=[10000],
+                        help="more sizes for tis-ray alone (memory vs N)")
     parser.add_argument("--repeat-share", type=float, default=0.0, help="share of rows repeating an earlier URL")
-    parser.add_argument("--runs", type=positive_int, default=3, help="rounds of the main comparison (medians are quoted)")
+    parser.add_argument("--runs", type=positive_int, default=3,
+                        help="rounds of the main comparison (medians are quoted)")
     parser.add_argument("--model", help="CLIP checkpoint folder (default: build --arch with make_test_model.py)")
     parser.add_argument("--arch", default="vit-b-32", choices=("tiny", "vit-b-32"))
     parser.add_argument("--dtype", default="auto", help="dtype for (a) and (c); (b) is float32 by definition")

@@ -98,7 +98,7 @@ def render(doc: str, figures_dir: Path) -> str:
         pattern = re.compile(rf"<!-- figures: {name} -->.*?<!-- /figures: {name} -->", re.S)
         if not pattern.search(doc):
             raise SystemExit(f"no <!-- figures: {name} --> markers in the document")
-        doc = pattern.sub(lambda _: block, doc)
+        doc = pattern.sub(lambda _, block=block: block, doc)
     return doc
 
 

@@ -21,5 +21,5 @@ def record_figures(name: str, figures: dict) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.system()} {platform.release()})"
     data = {**figures, "machine": machine,
-            "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat()}
+            "date": datetime.datetime.now(datetime.UTC).date().isoformat()}
     (Path(folder) / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -50,12 +50,13 @@ def _wait_for(condition, what: str, job: threading.Thread):
 def _kill_both_and_see_them_restart(output, job: threading.Thread) -> list[dict]:
     """Once rows are durable, SIGKILL the fetch and the scorer worker processes; wait for Ray to restart both."""
     _wait_for(lambda: rows_durable(output) > 0, "progress before the kills", job)
-    victims = {stage: _wait_for(lambda: _map_worker(stage), f"live {stage} actor", job) for stage in STAGES}
+    victims = {stage: _wait_for(lambda stage=stage: _map_worker(stage), f"live {stage} actor", job) for stage in STAGES}
     rows_done = rows_durable(output)
     for _, pid in victims.values():
         os.kill(pid, signal.SIGKILL)
     for stage, (actor_id, _) in victims.items():
-        _wait_for(lambda: (info := ray._private.state.actors().get(actor_id)) and info["NumRestarts"] >= 1
+        _wait_for(lambda actor_id=actor_id: (info := ray._private.state.actors().get(actor_id))
+                  and info["NumRestarts"] >= 1
                   and info["State"] == "ALIVE", f"restart of {stage}", job)
     return [{"stage": stage, "rows_checkpointed_when_killed": rows_done} for stage in STAGES]
 

@@ -60,6 +60,7 @@ def test_setup_installs_the_pinned_torch_and_the_wheel_everywhere(config):
 
 def test_constraints_pin_every_dependency_within_the_projects_own_ranges():
     import tomllib
+
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 

@@ -31,7 +31,8 @@ def simulated_cluster():
         gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
         cpu_nodes = [cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(2)]
         cluster.wait_for_nodes()
-        yield {"address": cluster.address, "dashboard": f"http://{cluster.webui_url}", "head": cluster.head_node.node_id,
+        yield {"address": cluster.address, "dashboard": f"http://{cluster.webui_url}",
+               "head": cluster.head_node.node_id,
                "gpu": gpu_node.node_id, "cpu": {node.node_id for node in cpu_nodes}}
     finally:
         cluster.shutdown()

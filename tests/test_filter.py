@@ -155,6 +155,6 @@ def test_threshold_text_parses_back_to_the_same_rows(tmp_path):
     path = write_scored(tmp_path / "scored.csv", table)
     first = run_cli("filter", str(path), "-o", str(tmp_path / "a.csv"), "--keep-top", "30%")
     threshold = re.search(r">= (\d\.\d{4})", first.stdout).group(1)
-    again = run_cli("filter", str(path), "-o", str(tmp_path / "b.csv"), "--min-similarity", threshold)
+    run_cli("filter", str(path), "-o", str(tmp_path / "b.csv"), "--min-similarity", threshold)
     assert "ties at" not in first.stdout
     assert _kept_ids(tmp_path / "a.csv") == _kept_ids(tmp_path / "b.csv")

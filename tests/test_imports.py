@@ -34,4 +34,5 @@ def test_the_package_imports_light_and_every_public_name_resolves():
     assert _modules_loaded_by("import tis_ray")[-1] == "[]"
     missing = [name for name in tis_ray.__all__ if getattr(tis_ray, name, None) is None]
     assert missing == []
-    assert issubclass(tis_ray.OutputError, tis_ray.InputError) and issubclass(tis_ray.ModelLoadError, tis_ray.TisRayError)
+    assert issubclass(tis_ray.OutputError, tis_ray.InputError)
+    assert issubclass(tis_ray.ModelLoadError, tis_ray.TisRayError)

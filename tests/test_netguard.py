@@ -502,7 +502,8 @@ def test_a_network_entry_keeps_its_port_and_a_bad_one_is_named():
 def test_name_refusals_are_blocked_address_and_say_why():
     with pytest.raises(RowError) as unlisted:
         AddressPolicy.from_strings(["images.internal"], allowlist_only=True).check_host_name("other.example", 443)
-    assert (unlisted.value.kind, unlisted.value.detail) == (errors.BLOCKED_ADDRESS, "other.example is not on the allowlist")
+    assert (unlisted.value.kind, unlisted.value.detail) == (errors.BLOCKED_ADDRESS,
+                                                            "other.example is not on the allowlist")
     with pytest.raises(RowError) as local:
         AddressPolicy().check_host_name("localhost", 80)
     assert (local.value.kind, local.value.detail) == (errors.BLOCKED_ADDRESS, "localhost is a localhost name")

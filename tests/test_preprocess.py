@@ -176,7 +176,7 @@ def test_spec_without_resize_keeps_the_image_size_before_the_crop():
 def test_shortest_edge_without_crop_has_no_fixed_output_size():
     spec = PreprocessSpec(shortest_edge=224, crop_size=None)
     with pytest.raises(ValueError):
-        spec.output_size
+        _ = spec.output_size
     assert resize_and_crop(noise(500, 300), spec).shape == (224, 373, 3)  # int(224 * 500 / 300)
 
 

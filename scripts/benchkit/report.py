@@ -86,7 +86,8 @@ def levers_table(results: dict) -> str:
     rows = []
     for run in results["levers"]:
         shipped = m[(run["name"], first)]
-        rows.append([LABELS[run["name"]], run["lever"], f"{rate(run):.1f}", f"{shipped:.1f}", f"{rate(run) / shipped:.2f}"])
+        rows.append([LABELS[run["name"]], run["lever"], f"{rate(run):.1f}", f"{shipped:.1f}",
+                     f"{rate(run) / shipped:.2f}"])
     return _table([f"contender at {first:g} ms", "with", "pairs/s", "as shipped (median)", "ratio"], rows)
 
 
@@ -106,7 +107,8 @@ def input_kind_table(results: dict) -> str:
 
 
 def accuracy_table(results: dict) -> str:
-    rows = [[f"{row['set']} ({row['pairs']})", row["lever"], f"{row['max_abs_delta']:.2e}", f"{row['mean_abs_delta']:.2e}"]
+    rows = [[f"{row['set']} ({row['pairs']})", row["lever"], f"{row['max_abs_delta']:.2e}",
+             f"{row['mean_abs_delta']:.2e}"]
             for row in results["accuracy"]]
     return _table(["pairs", "lever, against float32 with whole-image decode", "max abs delta similarity",
                    "mean abs delta similarity"], rows)
