@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 import pyarrow as pa
@@ -10,7 +12,9 @@ import pytest
 
 from tis_ray.checkpoint import Checkpoint, JobIdentity, checkpoint_dir
 from tis_ray.errors import InputError, is_retryable
+from tis_ray.output import OutputFile
 from tis_ray.retry_errors import inputs_of, merge, read_previous_output, retryable_rows
+from tis_ray.tables import TableFile
 
 SETTINGS = {"model": "tiny", "dtype": "float32", "timeout_s": 10.0, "with_cosine": False}
 
@@ -27,7 +31,8 @@ def _rows(start: int, end: int) -> pa.Table:
 
 
 def _open(source, output, resume=False, settings=SETTINGS, every_s=3600.0) -> Checkpoint:
-    return Checkpoint.open(str(output), JobIdentity.of(str(source), settings), resume=resume, every_s=every_s)
+    return Checkpoint.open(str(output), JobIdentity.of(TableFile.open(str(source)), settings), resume=resume,
+                           every_s=every_s)
 
 
 def test_parts_are_contiguous_and_a_resume_starts_after_them(source, tmp_path):
@@ -103,7 +108,7 @@ def test_retry_errors_merges_rescored_rows_in_place(tmp_path):
     })
     path = tmp_path / "previous.csv"
     pacsv.write_csv(previous, path)
-    read = read_previous_output(str(path), schema)
+    read = read_previous_output(OutputFile.of(str(path)), schema)
     assert read.equals(previous)
     rows = retryable_rows(read)
     assert rows == [1, 3]
@@ -120,9 +125,10 @@ def test_retry_errors_refuses_an_output_of_another_input(tmp_path):
     path = tmp_path / "previous.csv"
     path.write_text("url,text,similarity,error\n")
     with pytest.raises(InputError, match="is it the output of this input"):
-        read_previous_output(str(path), pa.schema([("image_url", pa.string()), ("caption", pa.string())]))
+        read_previous_output(OutputFile.of(str(path)),
+                             pa.schema([("image_url", pa.string()), ("caption", pa.string())]))
     with pytest.raises(InputError, match="no such file"):
-        read_previous_output(str(tmp_path / "nope.csv"), pa.schema([("image_url", pa.string())]))
+        read_previous_output(OutputFile.of(str(tmp_path / "nope.csv")), pa.schema([("image_url", pa.string())]))
 
 
 # --- which settings a resume must match, as the Python API takes them ---------------------
@@ -155,7 +161,36 @@ _RESULT_KEEPING = {
     "fetch concurrency": {"fetch": {"max_in_flight": 3}},
     "per-host cap": {"fetch": {"per_host_limit": 2}},
     "user agent": {"fetch": {"user_agent": "someone else"}},
+    "retry back-off": {"fetch": {"backoff_s": 1.0}},
+    "Retry-After cap": {"fetch": {"retry_after_cap_s": 1.0}},
+    "torch threads": {"model": {"cpu_threads": 1}},
+    "fetch actors": {"pipeline": {"fetch_actors": 2}},
+    "scorer actors": {"pipeline": {"scorer_actors": 2}},
 }
+
+
+def test_every_config_field_is_declared_and_tested_as_changing_results_or_not():
+    """A new settings field needs a decision: `result_setting` or `shape_setting` where it is
+    declared (`config`), and a row in one of the two tables above, whose resumes below check
+    that declaration against a real job."""
+    from tis_ray.config import CHANGES_RESULTS, FetchConfig, ModelConfig, PipelineConfig
+
+    changing = {name for _, name in _RESULT_CHANGING.values()}
+    keeping = {name for change in _RESULT_KEEPING.values() for part in change.values() for name in part}
+    for config in (FetchConfig, ModelConfig, PipelineConfig):
+        for field in dataclasses.fields(config):
+            where = f"{config.__name__}.{field.name}"
+            assert (field.name in changing) != (field.name in keeping), f"{where}: in neither table, or in both"
+            assert field.metadata.get(CHANGES_RESULTS) is (field.name in changing), f"{where}: declared otherwise"
+
+
+def test_setting_names_are_distinct_across_the_configs():
+    """The manifest keeps each result setting under its own field name, the three configs' together."""
+    from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
+
+    names = [field.name for config in (FetchConfig, ModelConfig, PipelineConfig)
+             for field in dataclasses.fields(config)]
+    assert len(names) == len(set(names))
 
 
 def _api_args(tiny_model: str, other_model: str, change: dict) -> dict:
@@ -218,3 +253,48 @@ def test_a_resume_that_changes_nothing_or_only_the_jobs_shape_is_accepted(interr
     source, output, tiny_model, other_model = interrupted
     with pytest.raises(_WouldScore):
         score_file(str(source), str(output), progress=False, resume=True, **_api_args(tiny_model, other_model, change))
+
+
+def test_the_manifest_holds_exactly_the_result_changing_settings(interrupted):
+    _, output, _, _ = interrupted
+    with open(os.path.join(checkpoint_dir(str(output)), "manifest.json")) as f:
+        settings = json.load(f)["settings"]
+    assert set(settings) == {name for _, name in _RESULT_CHANGING.values()} | {"prefix"}
+
+
+def test_a_new_field_joins_the_resume_check_by_its_declaration_alone(tmp_path, tiny_model, monkeypatch):
+    """Nothing lists the settings a resume checks: a field added to FetchConfig (here by a
+    subclass) as a `result_setting` is in the manifest under its name and a resume with another
+    value is refused; as a `shape_setting` it is not; declared as neither, the job refuses to start."""
+    from tis_ray import api, score_file
+    from tis_ray.config import FetchConfig, ModelConfig, result_setting, shape_setting
+
+    def with_field(name, default):
+        return dataclasses.make_dataclass(f"FetchConfigWith_{name}", [(name, int, default)], bases=(FetchConfig,),
+                                          frozen=True)
+
+    def would_score(*args, **kwargs):
+        raise _WouldScore
+
+    monkeypatch.setattr(api, "connect", would_score)
+    source = tmp_path / "in.csv"
+    source.write_text("image_url,caption\na.jpg,a cat\n")
+    model = ModelConfig(model=tiny_model, device="cpu", dtype="float32")
+
+    def run(output, fetch, resume=False):
+        score_file(str(source), str(output), model=model, fetch=fetch, progress=False, resume=resume)
+
+    changing, shaping = with_field("min_quality", result_setting(50)), with_field("max_sockets", shape_setting(8))
+    for config, output in ((changing, tmp_path / "a.csv"), (shaping, tmp_path / "b.csv")):
+        with pytest.raises(_WouldScore):
+            run(output, config())
+    with open(os.path.join(checkpoint_dir(str(tmp_path / "a.csv")), "manifest.json")) as f:
+        assert json.load(f)["settings"]["min_quality"] == 50
+    with pytest.raises(InputError, match=r"min_quality \(50 then, 60 now\)"):
+        run(tmp_path / "a.csv", changing(min_quality=60), resume=True)
+    with open(os.path.join(checkpoint_dir(str(tmp_path / "b.csv")), "manifest.json")) as f:
+        assert "max_sockets" not in json.load(f)["settings"]
+    with pytest.raises(_WouldScore):
+        run(tmp_path / "b.csv", shaping(max_sockets=2), resume=True)
+    with pytest.raises(TypeError, match="undecided"):
+        run(tmp_path / "c.csv", with_field("undecided", 0)())

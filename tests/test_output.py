@@ -8,7 +8,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tis_ray.output import write_atomically
+from tis_ray.output import OutputFile, write_atomically
 
 BATCH = pa.table({"caption": ["a cat", "a dog"], "similarity": [0.61, 0.58]})
 
@@ -37,7 +37,7 @@ def test_a_job_that_fails_midway_leaves_no_output_and_no_partial_file(tmp_path, 
         raise ScoringFailed
 
     with pytest.raises(ScoringFailed):
-        for _ in write_atomically(batches(), str(target), BATCH.schema):
+        for _ in write_atomically(batches(), OutputFile.of(str(target)), BATCH.schema):
             pass
     assert [exists for exists, _ in seen_while_writing] == [False] * 3
     sizes = [size for _, size in seen_while_writing]
@@ -48,7 +48,7 @@ def test_a_job_that_fails_midway_leaves_no_output_and_no_partial_file(tmp_path, 
 @pytest.mark.parametrize("name", ["scored.csv", "scored.parquet"])
 def test_a_finished_job_leaves_exactly_its_rows_at_the_target(tmp_path, name):
     target = tmp_path / name
-    passed = list(write_atomically([BATCH, BATCH], str(target), BATCH.schema))
+    passed = list(write_atomically([BATCH, BATCH], OutputFile.of(str(target)), BATCH.schema))
     assert len(passed) == 2 and _partials(tmp_path) == []
     read = pacsv.read_csv(target) if name.endswith(".csv") else pq.read_table(target)
     assert read.to_pylist() == BATCH.to_pylist() * 2
@@ -56,5 +56,5 @@ def test_a_finished_job_leaves_exactly_its_rows_at_the_target(tmp_path, name):
 
 def test_a_job_with_no_rows_writes_the_header(tmp_path):
     target = tmp_path / "scored.csv"
-    list(write_atomically([], str(target), BATCH.schema))
+    list(write_atomically([], OutputFile.of(str(target)), BATCH.schema))
     assert target.read_text().splitlines() == ['"caption","similarity"']

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import shutil
 
@@ -25,7 +26,7 @@ from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 from tis_ray.errors import error_kind
 from tis_ray.pipeline import cluster_capacity, input_blocks, read_records
 from tis_ray.pool_sizing import CPU_SCORER_BUFFER_BYTES
-from tis_ray.tables import input_schema
+from tis_ray.tables import TableFile
 
 FAST_FETCH = FetchConfig(timeout_s=2.0, retries=1, backoff_s=0.05, max_bytes=1_000_000)
 
@@ -160,6 +161,9 @@ def test_score_dataset_composes_with_user_pipelines(local_ray, image_server, mod
     ds = local_ray.data.from_items(
         [{"img": image_server.url(f"photo/{n}.jpg"), "cap": n, "n": i} for i, n in enumerate(["chelsea", "coffee"] * 5)]
     )
+    callers_before = copy.deepcopy(ds.context.execution_options)
+    # Ray's defaults, each of which score_dataset's own Dataset changes
+    assert not callers_before.preserve_order and callers_before.resource_limits.object_store_memory == float("inf")
     scored = score_dataset(ds, image_column="img", caption_column="cap", model=model, fetch=FAST_FETCH)
     # Order is a property of the dataset's own context (copied at creation), not of the current one.
     assert scored.context.execution_options.preserve_order
@@ -168,6 +172,8 @@ def test_score_dataset_composes_with_user_pipelines(local_ray, image_server, mod
     rows = scored.filter(lambda r: r["error"] is None).take_all()
     assert [r["n"] for r in rows] == list(range(10))
     assert set(rows[0]) == {"img", "cap", "n", "similarity", "error"}
+    # ... while the caller's Dataset keeps its own options as they were, scored and run.
+    assert ds.context.execution_options == callers_before
 
 
 def test_large_jpegs_decode_reduced_by_default_and_whole_on_request(local_ray, tiny_model, photos, tmp_path):
@@ -203,7 +209,7 @@ def test_a_long_file_is_read_in_blocks_and_scored_in_order(local_ray, tmp_path, 
                               "image_url": [r[0] for r in rows], "caption": [r[1] for r in rows]}), path)
     blocks = input_blocks(path.stat().st_size)
     assert blocks > 1
-    read = read_records(str(path), input_schema(str(path), ["id", "image_url", "caption"])).materialize()
+    read = read_records(TableFile.open(str(path))).materialize()
     assert read.num_blocks() == blocks
     out = tmp_path / "long.scored.csv"
     # two fetch actors, so that later blocks can overtake the slow first one

@@ -23,6 +23,7 @@ from tis_ray.pool_sizing import (
     plan_pools,
     reachable_resources,
 )
+from tis_ray.tables import TableFile
 
 AUTO = ModelConfig(device="auto")
 DEFAULTS = PipelineConfig()
@@ -145,5 +146,5 @@ def test_estimated_rows_are_parquets_own_count_or_a_csv_files_size_per_row(tmp_p
     table = pa.table({"image_url": [f"http://127.0.0.1/{i}.jpg" for i in range(1000)], "caption": ["a cat"] * 1000})
     pq.write_table(table, tmp_path / "pairs.parquet")
     pacsv.write_csv(table, tmp_path / "pairs.csv")
-    assert estimated_rows(str(tmp_path / "pairs.parquet")) == 1000
-    assert estimated_rows(str(tmp_path / "pairs.csv")) == (tmp_path / "pairs.csv").stat().st_size // 128
+    assert estimated_rows(TableFile.open(str(tmp_path / "pairs.parquet"))) == 1000
+    assert estimated_rows(TableFile.open(str(tmp_path / "pairs.csv"))) == (tmp_path / "pairs.csv").stat().st_size // 128

@@ -13,7 +13,7 @@ import sys
 
 from conftest import REPO
 
-from tis_ray.tables import count_rows
+from tis_ray.tables import TableFile
 
 LINE = re.compile(r"tis-ray: ([\d,]+)/([\d,?]+) rows.*? \| errors ([\d,]+)(?: \((.*)\))?$")
 
@@ -83,4 +83,4 @@ def test_exact_row_count_of_a_csv_with_newlines_in_captions(tmp_path):
         writer.writerow(["image_url", "caption"])
         writer.writerows([f"{i}.jpg", "two\nlines, and a comma" if i % 3 else ""] for i in range(1234))
     with open(path, newline="") as f:
-        assert count_rows(str(path)) == sum(1 for _ in csv.DictReader(f)) == 1234
+        assert TableFile.open(str(path)).count_rows() == sum(1 for _ in csv.DictReader(f)) == 1234

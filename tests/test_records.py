@@ -12,52 +12,52 @@ from tis_ray import errors
 from tis_ray.columns import ResultColumns, image_bytes_columns, pick_columns
 from tis_ray.errors import InputError, RowError
 from tis_ray.records import check_caption
-from tis_ray.tables import input_format, read_columns
+from tis_ray.tables import TableFile, input_format
 
-# --- read_columns -----------------------------------------------------------
+# --- TableFile.open: columns -----------------------------------------------------------
 
 
 def test_csv_header(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("image_url,caption\nhttp://x/a.jpg,a cat\n", encoding="utf-8")
-    assert read_columns(str(path)) == ["image_url", "caption"]
+    assert TableFile.open(str(path)).columns == ["image_url", "caption"]
 
 
 def test_csv_header_with_bom_is_not_part_of_the_first_name(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes("\ufeffimage_url,caption\nhttp://x/a.jpg,a cat\n".encode())
-    assert read_columns(str(path)) == ["image_url", "caption"]
+    assert TableFile.open(str(path)).columns == ["image_url", "caption"]
 
 
 def test_csv_quoted_header(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text('"image url","caption, long","say ""hi"""\nx,y,z\n', encoding="utf-8")
-    assert read_columns(str(path)) == ["image url", "caption, long", 'say "hi"']
+    assert TableFile.open(str(path)).columns == ["image url", "caption, long", 'say "hi"']
 
 
 def test_csv_header_only(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("url,text\n", encoding="utf-8")
-    assert read_columns(str(path)) == ["url", "text"]
+    assert TableFile.open(str(path)).columns == ["url", "text"]
 
 
 def test_parquet_schema(tmp_path):
     path = tmp_path / "pairs.parquet"
     table = pa.table({"image": ["a.jpg", "b.jpg"], "text": ["a cat", "a dog"], "id": [1, 2]})
     pq.write_table(table, path)
-    assert read_columns(str(path)) == ["image", "text", "id"]
+    assert TableFile.open(str(path)).columns == ["image", "text", "id"]
 
 
 def test_empty_parquet_still_has_a_schema(tmp_path):
     path = tmp_path / "pairs.pq"
     pq.write_table(pa.table({"url": pa.array([], pa.string()), "caption": pa.array([], pa.string())}), path)
-    assert read_columns(str(path)) == ["url", "caption"]
+    assert TableFile.open(str(path)).columns == ["url", "caption"]
 
 
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.csv"
     with pytest.raises(InputError, match="no such file") as info:
-        read_columns(str(path))
+        TableFile.open(str(path))
     assert str(path) in str(info.value)
 
 
@@ -65,28 +65,28 @@ def test_folder(tmp_path):
     folder = tmp_path / "data.csv"
     folder.mkdir()
     with pytest.raises(InputError, match="is a folder"):
-        read_columns(str(folder))
+        TableFile.open(str(folder))
 
 
 def test_empty_csv(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_bytes(b"")
     with pytest.raises(InputError, match="empty"):
-        read_columns(str(path))
+        TableFile.open(str(path))
 
 
 def test_bom_only_csv_is_empty(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_bytes(b"\xef\xbb\xbf")
     with pytest.raises(InputError, match="empty"):
-        read_columns(str(path))
+        TableFile.open(str(path))
 
 
 def test_empty_parquet_file_is_not_readable(tmp_path):
     path = tmp_path / "empty.parquet"
     path.write_bytes(b"")
     with pytest.raises(InputError, match="parquet") as info:
-        read_columns(str(path))
+        TableFile.open(str(path))
     assert str(path) in str(info.value)
 
 
@@ -94,14 +94,14 @@ def test_garbage_parquet(tmp_path):
     path = tmp_path / "bad.parquet"
     path.write_bytes(b"image_url,caption\nnot,parquet\n")
     with pytest.raises(InputError, match="not a readable parquet file"):
-        read_columns(str(path))
+        TableFile.open(str(path))
 
 
 def test_non_utf8_csv(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes("légende,url\n".encode("latin-1"))
     with pytest.raises(InputError, match="cannot read csv header"):
-        read_columns(str(path))
+        TableFile.open(str(path))
 
 
 @pytest.mark.parametrize("name", ["pairs.json", "pairs.txt", "pairs", "pairs.csv.bak"])
@@ -109,7 +109,7 @@ def test_unknown_extension(tmp_path, name):
     path = tmp_path / name
     path.write_text("image_url,caption\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"unknown file type \(expected \.csv or \.parquet\)"):
-        read_columns(str(path))
+        TableFile.open(str(path))
 
 
 @pytest.mark.parametrize(

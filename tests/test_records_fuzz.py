@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tis_ray.columns import pick_columns
-from tis_ray.output import write_atomically
-from tis_ray.tables import csv_read_options, input_schema, read_columns
+from tis_ray.output import OutputFile, write_atomically
+from tis_ray.tables import TableFile, csv_read_options
 
 # Any Unicode that UTF-8 can carry: everything but surrogates.
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=60)
@@ -27,8 +27,7 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 
 def read_like_the_pipeline(path: str) -> pa.Table:
-    schema = input_schema(path, read_columns(path))
-    parse_options, convert_options = csv_read_options(schema)
+    parse_options, convert_options = csv_read_options(TableFile.open(path).schema)
     reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(use_threads=False),
                             parse_options=parse_options, convert_options=convert_options)
     return reader.read_all()
@@ -60,7 +59,7 @@ def test_any_caption_survives_our_writer_then_our_reader(tmp_path_factory, capti
     table = pa.table({"caption": pa.array(captions, pa.string()),
                       "similarity": pa.array([0.5] * len(captions), pa.float64()),
                       "error": pa.array([None] * len(captions), pa.string())})
-    for _ in write_atomically([table], path, table.schema):
+    for _ in write_atomically([table], OutputFile.of(path), table.schema):
         pass
     assert read_like_the_pipeline(path).column("caption").to_pylist() == captions
 
@@ -75,7 +74,7 @@ NAMES = st.lists(st.text(st.characters(exclude_categories=("Cs",)), min_size=1, 
 def test_any_header_is_read_as_written(tmp_path_factory, names, bom):
     path = str(tmp_path_factory.mktemp("fuzz") / "in.csv")
     write_with_python_csv(path, names, [["x"] * len(names)], bom)
-    assert read_columns(path) == names
+    assert TableFile.open(path).columns == names
     assert read_like_the_pipeline(path).column_names == names
 
 

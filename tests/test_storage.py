@@ -19,7 +19,7 @@ from tis_ray.config import FetchConfig, ModelConfig
 from tis_ray.errors import InputError, RowError
 from tis_ray.output import check_output_path
 from tis_ray.sources import base_dir_of
-from tis_ray.tables import read_columns
+from tis_ray.tables import TableFile
 
 FAST_FETCH = FetchConfig(timeout_s=5.0, retries=1, backoff_s=0.05)
 
@@ -35,7 +35,7 @@ def model(tiny_model) -> ModelConfig:
 def test_file_urls_for_input_and_output(local_ray, model, tiny_model, image_server, photos, tmp_path):
     rows = sample_rows(image_server, photos)
     write_pairs_csv(tmp_path / "pairs.csv", rows)
-    assert read_columns((tmp_path / "pairs.csv").as_uri()) == ["id", "image_url", "caption"]
+    assert TableFile.open((tmp_path / "pairs.csv").as_uri()).columns == ["id", "image_url", "caption"]
     out = tmp_path / "scored.csv"
     score_file((tmp_path / "pairs.csv").as_uri(), out.as_uri(), model=model, fetch=FAST_FETCH, progress=False)
     check_scored(read_scored_csv(out), rows, tiny_model, photos)
@@ -46,9 +46,9 @@ def test_file_urls_for_input_and_output(local_ray, model, tiny_model, image_serv
 
 def test_file_url_input_and_output_problems_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="no such file"):
-        read_columns((tmp_path / "missing.csv").as_uri())
+        TableFile.open((tmp_path / "missing.csv").as_uri())
     with pytest.raises(InputError, match="is a folder"):
-        read_columns(tmp_path.as_uri() + "/")
+        TableFile.open(tmp_path.as_uri() + "/")
     with pytest.raises(InputError, match="does not exist"):
         check_output_path((tmp_path / "no-such-folder" / "out.csv").as_uri())
 
@@ -128,7 +128,7 @@ def test_s3_output_checks_the_bucket_before_any_work(s3):
     with pytest.raises(InputError, match="bucket no-such-bucket does not exist"):
         check_output_path(url("out.csv").replace("@photos/", "@no-such-bucket/"))
     with pytest.raises(InputError, match="no such file"):
-        read_columns(url("not-there.csv"))
+        TableFile.open(url("not-there.csv"))
     check_output_path(url("new/out.parquet"))
 
 

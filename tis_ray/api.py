@@ -16,13 +16,12 @@ import pyarrow as pa
 import ray
 from ray.data import DataContext, Dataset
 
-from . import storage
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, result_settings
 from .columns import RUNTIME, TRUNCATED, ResultColumns
 from .config import DEFAULT_MODEL, DType, Device, FetchConfig, ModelConfig, PipelineConfig
-from .job_input import ShardInput, TableInput, check_input
+from .job_input import ShardInput, TableInput, check_input, check_output_keeps
 from .loading import load_preprocess_spec
-from .output import check_output_path, write_atomically, write_stats
+from .output import OutputFile, check_output_path, write_atomically, write_stats
 from .pipeline import add_scores, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
 from .progress import ProgressLine
@@ -114,7 +113,7 @@ def score_file(
             checkpoint.add(batch)
     finally:
         checkpoint.flush()  # rows scored before an interrupt are kept
-    _write_output(checkpoint.tables(), job, output_path, summary)
+    _write_output(checkpoint.tables(), job, summary)
     _write_stats(summary, input_path, output_path, "resumed" if summary.carried_over else "fresh")
     checkpoint.remove()
     return summary
@@ -146,7 +145,7 @@ def retry_errors(
     job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix,
                          keep_json_fields)
     summary = JobSummary(model=job.model.model, error_column=job.results.error)
-    previous = read_previous_output(previous_output, job.source.schema, job.results)
+    previous = read_previous_output(OutputFile.of(previous_output), job.source.schema, job.results)
     job = dataclasses.replace(job, pipeline=dataclasses.replace(
         job.pipeline, with_cosine=job.results.cosine in previous.column_names))
     # A shard's output keeps no image to score again; its rows never fail in a retryable way anyway.
@@ -164,7 +163,7 @@ def retry_errors(
     summary.add(_unknown_runtime(carried))
     summary.add(rescored)
     merged = merge(previous, rows, rescored.drop_columns([TRUNCATED, RUNTIME]))
-    for _ in write_atomically([merged], output_path, merged.schema):
+    for _ in write_atomically([merged], job.output, merged.schema):
         pass
     _write_stats(summary, input_path, output_path, "retry_errors")
     return summary
@@ -215,6 +214,7 @@ class _FileJob:
     """A file job's checked inputs: what it reads, model, settings; everything a bad input fails on."""
 
     source: TableInput | ShardInput
+    output: OutputFile
     spec: PreprocessSpec
     model: ModelConfig
     fetch: FetchConfig
@@ -225,23 +225,21 @@ class _FileJob:
     def check(cls, input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix="",
               keep_json_fields=()) -> _FileJob:
         fetch, results = fetch or FetchConfig(), ResultColumns(prefix)
-        csv_output = storage.without_query(output_path).lower().endswith(".csv")
-        source = check_input(input_path, image_column, caption_column, keep_json_fields, results, fetch.max_bytes,
-                             csv_output)
-        check_output_path(output_path)
+        source = check_input(input_path, image_column, caption_column, keep_json_fields, results, fetch.max_bytes)
+        output = check_output_path(output_path)
+        check_output_keeps(source, output)
         model = ModelConfig.of(model)
         spec = load_preprocess_spec(model.model)  # a bad model fails here, before Ray starts
-        return cls(source, spec, model, fetch, pipeline or PipelineConfig(), results)
+        return cls(source, output, spec, model, fetch, pipeline or PipelineConfig(), results)
 
     def settings(self) -> dict:
-        """The settings that change results: a checkpoint is resumed only with the same ones."""
+        """The settings that change results: a checkpoint is resumed only with the same ones.
+
+        The input's columns, the result prefix, and every field the configs declare with
+        `config.result_setting`, under its own name."""
         return {
             **self.source.settings(), "prefix": self.results.prefix,
-            "model": self.model.model, "device": self.model.device, "dtype": self.model.dtype,
-            "with_cosine": self.pipeline.with_cosine, "timeout_s": self.fetch.timeout_s,
-            "retries": self.fetch.retries, "max_bytes": self.fetch.max_bytes,
-            "max_redirects": self.fetch.max_redirects, "max_pixels": self.fetch.max_pixels,
-            "reduced_decode": self.fetch.reduced_decode, "honor_opt_out": self.fetch.honor_opt_out,
+            **result_settings(self.model), **result_settings(self.fetch), **result_settings(self.pipeline),
         }
 
     def scored(self, ds: Dataset, rows: int) -> Dataset:
@@ -264,15 +262,15 @@ class _FileJob:
         return schema.empty_table()
 
 
-def _write_output(tables: Iterable[pa.Table], job: _FileJob, output_path: str, summary: JobSummary) -> None:
-    """Count the scored rows and write them, without the internal columns, to `output_path`."""
+def _write_output(tables: Iterable[pa.Table], job: _FileJob, summary: JobSummary) -> None:
+    """Count the scored rows and write them, without the internal columns, to the job's output."""
 
     def counted() -> Iterator[pa.Table]:
         for table in tables:
             summary.add(table)
             yield table.drop_columns([TRUNCATED, RUNTIME])
 
-    for _ in write_atomically(counted(), output_path, job.output_schema()):
+    for _ in write_atomically(counted(), job.output, job.output_schema()):
         pass
 
 

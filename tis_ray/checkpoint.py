@@ -12,6 +12,7 @@ an object-store output the folder is kept in the working folder instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,8 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .config import CHANGES_RESULTS, FetchConfig, ModelConfig, PipelineConfig
 from .errors import InputError
 from .output import write_durably
+from .tables import TableFile
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -43,10 +46,9 @@ class JobIdentity:
     settings: dict  # the settings that change results: model, device, dtype, columns, fetch limits
 
     @classmethod
-    def of(cls, input_path: str, settings: dict) -> JobIdentity:
-        filesystem, inner = storage.resolve(input_path)
-        info = filesystem.get_file_info(inner)
-        return cls(storage.without_query(inner), info.size, info.mtime_ns or 0, settings)
+    def of(cls, file: TableFile, settings: dict) -> JobIdentity:
+        """A table input's identity: its path inside its filesystem, size and change time as it was opened."""
+        return cls(file.inner, file.size, file.mtime_ns, settings)
 
     def differences(self, other: JobIdentity) -> list[str]:
         """Human-readable names of what differs (empty when the two match)."""
@@ -57,6 +59,20 @@ class JobIdentity:
         changed += [f"{key} ({settings_theirs.get(key)!r} then, {settings_mine.get(key)!r} now)"
                     for key in keys if settings_mine.get(key) != settings_theirs.get(key)]
         return changed
+
+
+def result_settings(settings: FetchConfig | ModelConfig | PipelineConfig) -> dict:
+    """The fields of a settings dataclass (`config`) that change results, by name and value: what a
+    resume must find unchanged. Each field is declared `result_setting` or `shape_setting`; one
+    declared as neither is refused here, so a new setting cannot be left out of the check unseen."""
+    found = {}
+    for field in dataclasses.fields(settings):
+        if CHANGES_RESULTS not in field.metadata:
+            raise TypeError(f"{type(settings).__name__}.{field.name}: declare it with config.result_setting or "
+                            "config.shape_setting (does its value change a job's results?)")
+        if field.metadata[CHANGES_RESULTS]:
+            found[field.name] = getattr(settings, field.name)
+    return found
 
 
 def checkpoint_dir(output_path: str) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar
 
 from . import __version__
 
@@ -27,33 +27,50 @@ SERVE_MAX_QUEUED_REQUESTS = 256
 # more, and each decode in flight holds 3-4 bytes a pixel (see docs/reliability.md, Security).
 SERVE_MAX_PIXELS = 40_000_000
 
+# Every settings field says whether its value changes what a job writes (`result_setting`) or
+# only how the job runs (`shape_setting`): a resume must find the first kind unchanged
+# (`checkpoint.result_settings`), and a field marked neither fails every file job.
+CHANGES_RESULTS = "changes_results"
+_Default = TypeVar("_Default")
+
+
+def result_setting(default: _Default) -> _Default:
+    """A field whose value changes a job's results: a checkpoint is resumed only with the same value."""
+    return field(default=default, metadata={CHANGES_RESULTS: True})
+
+
+def shape_setting(default: _Default) -> _Default:
+    """A field that shapes how a job runs (concurrency, pacing, batch and pool sizes), never what it
+    writes: a resume may change it."""
+    return field(default=default, metadata={CHANGES_RESULTS: False})
+
 
 @dataclass(frozen=True)
 class FetchConfig:
     """How images are fetched and decoded."""
 
-    max_in_flight: int = 64  # concurrent requests per fetch actor
-    per_host_limit: int = 16  # concurrent connections to one host, per actor
-    timeout_s: float = 10.0  # total time for one image, retries included
-    retries: int = 2  # extra attempts after a connection error, a 429 or a 5xx
-    backoff_s: float = 0.25  # first retry delay; doubles each attempt
-    retry_after_cap_s: float = 5.0  # longest Retry-After we honour
-    max_bytes: int = 20 * 1024 * 1024  # byte cap per image, checked while streaming
-    max_redirects: int = 5
-    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
-    reduced_decode: bool = True  # decode large JPEGs at 1/2..1/8 scale, still 2x the model's input
-    user_agent: str = DEFAULT_USER_AGENT
-    honor_opt_out: bool = True  # X-Robots-Tag noai and kin make a row `opted_out` (see optout.py)
+    max_in_flight: int = shape_setting(64)  # concurrent requests per fetch actor
+    per_host_limit: int = shape_setting(16)  # concurrent connections to one host, per actor
+    timeout_s: float = result_setting(10.0)  # total time for one image, retries included
+    retries: int = result_setting(2)  # extra attempts after a connection error, a 429 or a 5xx
+    backoff_s: float = shape_setting(0.25)  # first retry delay; doubles each attempt
+    retry_after_cap_s: float = shape_setting(5.0)  # longest Retry-After we honour
+    max_bytes: int = result_setting(20 * 1024 * 1024)  # byte cap per image, checked while streaming
+    max_redirects: int = result_setting(5)
+    max_pixels: int = result_setting(89_478_485)  # Pillow's own decompression-bomb threshold
+    reduced_decode: bool = result_setting(True)  # decode large JPEGs at 1/2..1/8 scale, still 2x the model's input
+    user_agent: str = shape_setting(DEFAULT_USER_AGENT)
+    honor_opt_out: bool = result_setting(True)  # X-Robots-Tag noai and kin make a row `opted_out` (see optout.py)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which CLIP checkpoint runs, where and at what precision."""
 
-    model: str = DEFAULT_MODEL
-    device: Device = "auto"
-    dtype: DType = "auto"
-    cpu_threads: int | None = None  # torch threads per CPU scorer actor; None = the node's cores
+    model: str = result_setting(DEFAULT_MODEL)
+    device: Device = result_setting("auto")
+    dtype: DType = result_setting("auto")
+    cpu_threads: int | None = shape_setting(None)  # torch threads per CPU scorer actor; None = the node's cores
 
     @classmethod
     def of(cls, model: str | ModelConfig | None, *, device: Device | None = None,
@@ -69,8 +86,8 @@ class ModelConfig:
 class PipelineConfig:
     """How the Ray Data job is shaped."""
 
-    batch_size: int = 64  # rows per scorer call
-    fetch_batch_size: int = 32  # rows per fetch call
-    fetch_actors: int | None = None  # None = sized from the cluster
-    scorer_actors: int | None = None  # None = from the GPUs and the job's size (`pool_sizing`), or one on CPU
-    with_cosine: bool = False
+    batch_size: int = shape_setting(64)  # rows per scorer call
+    fetch_batch_size: int = shape_setting(32)  # rows per fetch call
+    fetch_actors: int | None = shape_setting(None)  # None = sized from the cluster
+    scorer_actors: int | None = shape_setting(None)  # None = from the GPUs and the job's size (`pool_sizing`); 1 on CPU
+    with_cosine: bool = result_setting(False)

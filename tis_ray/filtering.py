@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from .errors import InputError
 from .histogram import Histogram, TopCut, bin_at_least, score_text
-from .output import check_output_path, output_format, write_atomically
+from .output import check_output_path, write_atomically
 from .scored_output import ScoredOutput
 
 
@@ -56,8 +56,8 @@ def filter_file(scored_path: str, output_path: str, *, min_similarity: Fraction 
         raise InputError("--keep-top: the share must be above 0%")
     scored = ScoredOutput.open(scored_path)
     column = scored.score_column(model)
-    check_output_path(output_path)
-    if scored.format != output_format(output_path):
+    output = check_output_path(output_path)
+    if scored.format != output.format:
         raise InputError(f"{output_path}: write a {scored.format} file like the input (its columns stay as they are)")
     cut = None
     if keep_top is not None:
@@ -86,7 +86,7 @@ def filter_file(scored_path: str, output_path: str, *, min_similarity: Fraction 
             counts.kept += int(keep.sum())
             yield pa.Table.from_batches([batch.filter(pa.array(keep))])
 
-    for _ in write_atomically(kept(), output_path, scored.schema()):
+    for _ in write_atomically(kept(), output, scored.schema()):
         pass
     return FilterResult(counts.rows, counts.scored, counts.kept, counts.kept_scored, column,
                         score_text(first_bin), cut)

@@ -22,11 +22,12 @@ from .columns import (
     pick_columns,
 )
 from .errors import InputError
+from .output import OutputFile
 from .pipeline import estimated_rows, estimated_shard_samples, read_records, read_shards
 from .shard_source import output_schema
 from .shards import Shard, is_shard_input, list_shards
 from .sources import base_dir_of
-from .tables import count_rows, input_schema, read_columns
+from .tables import TableFile
 from .tar_samples import SampleLayout
 
 
@@ -34,31 +35,35 @@ from .tar_samples import SampleLayout
 class TableInput:
     """A CSV or Parquet file; every column is kept, the image cells are references or bytes."""
 
-    path: str
-    schema: pa.Schema  # the input's columns, as the output keeps them
+    file: TableFile  # resolved once: where it is, its format, schema, size and change time
     image_column: str
     caption_column: str
     internal_columns: tuple[str, ...] = ()  # none: every column read is the user's
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The input's columns, as the output keeps them."""
+        return self.file.schema
+
     def read(self) -> Dataset:
-        return read_records(self.path, self.schema)
+        return read_records(self.file)
 
     def settings(self) -> dict:
         return {"image_column": self.image_column, "caption_column": self.caption_column}
 
     def rows(self) -> int:
-        return estimated_rows(self.path)
+        return estimated_rows(self.file)
 
     def count_rows(self) -> int:
         """The exact row count (a CSV is read through once): for the progress line's total."""
-        return count_rows(self.path)
+        return self.file.count_rows()
 
     def identity(self, settings: dict) -> JobIdentity:
-        return JobIdentity.of(self.path, settings)
+        return JobIdentity.of(self.file, settings)
 
     @property
     def base_dir(self) -> str:
-        return base_dir_of(self.path)
+        return base_dir_of(self.file.path)
 
 
 @dataclass(frozen=True)
@@ -102,23 +107,26 @@ class ShardInput:
 
 
 def check_input(path: str, image_column: str | None, caption_column: str | None,
-                keep_json_fields: tuple[str, ...], results: ResultColumns, max_bytes: int,
-                csv_output: bool) -> TableInput | ShardInput:
-    """The input as a job will read it, or `InputError` with one line saying what is wrong.
-
-    An input whose image column holds bytes keeps that column in the output, as every
-    input column is kept: only Parquet can hold it, so a CSV output is refused."""
+                keep_json_fields: tuple[str, ...], results: ResultColumns, max_bytes: int) -> TableInput | ShardInput:
+    """The input as a job will read it, or `InputError` with one line saying what is wrong."""
     if is_shard_input(path):
         layout = SampleLayout.of(image_column, caption_column, tuple(keep_json_fields), max_bytes)
         check_result_names(output_schema(layout).names, results)
         return ShardInput(path, tuple(list_shards(path)), layout)
     if keep_json_fields:
         raise InputError("--keep-json-fields is for WebDataset shards (.tar); a table keeps all its columns")
-    columns = read_columns(path)
-    schema = input_schema(path, columns)
-    holding = image_bytes_columns(schema)
-    image, caption = pick_columns(columns, image_column, caption_column, results=results, bytes_columns=holding)
-    if holding and csv_output:
+    file = TableFile.open(path)
+    image, caption = pick_columns(file.columns, image_column, caption_column, results=results,
+                                  bytes_columns=image_bytes_columns(file.schema))
+    return TableInput(file, image, caption)
+
+
+def check_output_keeps(source: TableInput | ShardInput, output: OutputFile) -> None:
+    """`InputError` if the output's format cannot keep the input's columns.
+
+    An input whose image column holds bytes keeps that column in the output, as every
+    input column is kept: only Parquet can hold it, so a CSV output is refused."""
+    holding = image_bytes_columns(source.schema)
+    if holding and output.format == "csv":
         raise InputError(f"the input's column(s) {', '.join(sorted(holding))} hold image bytes, which a CSV "
                          "output cannot keep; name the output .parquet")
-    return TableInput(path, schema, image, caption)

@@ -10,76 +10,100 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import storage
 from .errors import OutputError
 
 
-def output_format(path: str) -> str:
-    name = storage.without_query(path).lower()
-    if name.endswith(".csv"):
-        return "csv"
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    raise OutputError(f"{path}: unknown output type (use a .csv or .parquet name)")
+@dataclass(frozen=True)
+class OutputFile:
+    """A results file, named and resolved once: the filesystem that holds it, the path inside it
+    and its format, for the writer (`write_atomically`) and for `--retry-errors`, which reads a
+    previous one back."""
+
+    path: str  # as the user named it: for messages
+    filesystem: pafs.FileSystem
+    inner: str  # the path inside `filesystem`: a local absolute path, or bucket/key
+    format: str  # "csv" or "parquet", from the name
+
+    @classmethod
+    def of(cls, path: str) -> OutputFile:
+        name = storage.without_query(path).lower()
+        if name.endswith(".csv"):
+            fmt = "csv"
+        elif name.endswith((".parquet", ".pq")):
+            fmt = "parquet"
+        else:
+            raise OutputError(f"{path}: unknown output type (use a .csv or .parquet name)")
+        try:
+            filesystem, inner = storage.resolve(path)
+        except (OSError, ValueError) as exc:  # an unreachable store or missing credentials
+            raise OutputError(f"{path}: cannot reach the output's store: {exc}") from None
+        return cls(path, filesystem, inner, fmt)
+
+    @property
+    def in_object_store(self) -> bool:
+        return not isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    @property
+    def staging_folder(self) -> str:
+        """Where the file is written first: beside it, or locally for an object store (uploaded whole)."""
+        return tempfile.gettempdir() if self.in_object_store else os.path.dirname(self.inner)
 
 
-def check_output_path(path: str) -> None:
-    """Fail before any work if the output cannot be written where asked."""
-    output_format(path)
-    if storage.is_object_store(path):
-        if problem := _object_store_problem(path):
+def check_output_path(path: str) -> OutputFile:
+    """The output, resolved; `OutputError` before any work if it cannot be written where asked."""
+    output = OutputFile.of(path)
+    if output.in_object_store:
+        try:
+            problem = storage.check_writable_bucket(output.filesystem, output.inner)
+        except (OSError, ValueError) as exc:  # an unreachable store or missing credentials
+            problem = f"cannot reach the output's store: {exc}"
+        if problem:
             raise OutputError(f"{path}: {problem}")
-        return
-    path = storage.localize(path)
-    folder = os.path.dirname(os.path.abspath(path))
+        return output
+    folder = os.path.dirname(output.inner)
     if not os.path.isdir(folder):
         raise OutputError(f"{path}: the output folder {folder} does not exist")
-    if os.path.isdir(path):
+    if os.path.isdir(output.inner):
         raise OutputError(f"{path}: is a folder")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"{path}: cannot write in {folder}")
+    return output
 
 
-def write_atomically(batches: Iterable[pa.Table], path: str, empty_schema: pa.Schema) -> Iterator[pa.Table]:
-    """Write each batch as it passes through; the file appears at `path` only at the end.
+def write_atomically(batches: Iterable[pa.Table], output: OutputFile, empty_schema: pa.Schema) -> Iterator[pa.Table]:
+    """Write each batch as it passes through; the file appears at `output` only at the end.
 
     `empty_schema` gives the header of the file when the input had no rows.
     """
-    fmt = output_format(path)
-    path = storage.localize(path)
-    name = os.path.basename(storage.without_query(path))
-    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=storage.staging_folder(path))
+    name = os.path.basename(output.inner)
+    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=output.staging_folder)
     os.close(fd)
     writer = None
     try:
         for batch in batches:
             if writer is None:
-                writer = _open_writer(fmt, temp, batch.schema)
-            writer.write_table(batch.cast(writer.schema) if fmt == "parquet" else batch)
+                writer = _open_writer(output.format, temp, batch.schema)
+            writer.write_table(batch.cast(writer.schema) if output.format == "parquet" else batch)
             yield batch
         if writer is None:
-            writer = _open_writer(fmt, temp, empty_schema)
+            writer = _open_writer(output.format, temp, empty_schema)
         writer.close()
         writer = None
         _fsync(temp)
-        storage.publish(temp, path)
+        storage.publish(temp, output.filesystem, output.inner)
     finally:
         if writer is not None:
             writer.close()
         if os.path.exists(temp):
             os.unlink(temp)
-
-
-def _object_store_problem(path: str) -> str | None:
-    try:
-        return storage.check_writable_bucket(path)
-    except (OSError, ValueError) as exc:  # an unreachable store or missing credentials
-        return f"cannot reach the output's store: {exc}"
 
 
 def write_durably(path: str, write: Callable[[str], None]) -> None:
@@ -120,9 +144,9 @@ def write_whole(path: str, text: str) -> str:
             f.write(text)
 
     if storage.is_object_store(path):
-        staged = os.path.join(storage.staging_folder(path), f".tis-ray-{os.getpid()}.tmp")
+        staged = os.path.join(tempfile.gettempdir(), f".tis-ray-{os.getpid()}.tmp")
         dump(staged)
-        storage.publish(staged, path)
+        storage.publish(staged, *storage.resolve(path))
     else:
         write_durably(path, dump)
     return path

@@ -15,7 +15,6 @@ import ray
 import yaml
 from ray.data import ActorPoolStrategy, Dataset
 
-from . import storage
 from .columns import ResultColumns
 from .config import FetchConfig, ModelConfig, PipelineConfig
 from .fetch_stage import FetchStage
@@ -31,7 +30,7 @@ from .preprocess import PreprocessSpec
 from .score_stage import ScoreStage
 from .shard_source import ShardDatasource
 from .shards import Shard
-from .tables import count_rows, csv_read_options, input_format
+from .tables import TableFile, csv_read_options
 from .tar_samples import SampleLayout
 
 # Rows per input block, the unit a fetch actor takes and hands on: the scorer starts
@@ -50,12 +49,9 @@ MAX_INPUT_BLOCKS = 4096  # past this, a task per block costs more than it saves
 LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
 
 
-def estimated_rows(path: str) -> int:
+def estimated_rows(file: TableFile) -> int:
     """The input file's rows: a Parquet file's own count, or a CSV file's size over `INPUT_BYTES_PER_ROW`."""
-    if input_format(path) == "parquet":
-        return count_rows(path)
-    filesystem, inner = storage.resolve(path)
-    return (filesystem.get_file_info(inner).size or 0) // INPUT_BYTES_PER_ROW
+    return file.parquet_rows if file.parquet_rows is not None else file.size // INPUT_BYTES_PER_ROW
 
 
 def input_blocks(size_bytes: int) -> int:
@@ -64,19 +60,19 @@ def input_blocks(size_bytes: int) -> int:
     return min(MAX_INPUT_BLOCKS, max(MIN_INPUT_BLOCKS, -(-rows // ROWS_PER_BLOCK)))
 
 
-def read_records(path: str, schema: pa.Schema) -> Dataset:
+def read_records(file: TableFile) -> Dataset:
     """The input file (a path or a URL, see `storage`) as a Dataset; CSV cells stay text as written.
 
     One file is one read task; asking Ray Data for more blocks than that makes the read
     task split its own output, so the split takes no task (and no CPU) of its own.
     """
-    filesystem, inner = storage.resolve(path)
-    blocks = input_blocks(filesystem.get_file_info(inner).size or 0)
-    if input_format(path) == "parquet":
-        return ray.data.read_parquet(inner, filesystem=filesystem, num_cpus=READ_CPUS, override_num_blocks=blocks)
-    parse_options, convert_options = csv_read_options(schema)
+    blocks = input_blocks(file.size)
+    if file.format == "parquet":
+        return ray.data.read_parquet(file.inner, filesystem=file.filesystem, num_cpus=READ_CPUS,
+                                     override_num_blocks=blocks)
+    parse_options, convert_options = csv_read_options(file.schema)
     return ray.data.read_csv(
-        inner, filesystem=filesystem, parse_options=parse_options, convert_options=convert_options,
+        file.inner, filesystem=file.filesystem, parse_options=parse_options, convert_options=convert_options,
         num_cpus=READ_CPUS, override_num_blocks=blocks,
     )
 
@@ -151,8 +147,14 @@ def add_scores(
 
     `rows`, the job's size where known, decides how many GPUs that are not up yet it asks for.
     """
-    # Each Dataset carries the DataContext copied when it was created (here, at read
-    # time), so order is asked for on the dataset itself, not on the current context.
+    # Each Dataset carries the DataContext copied when it was created (at read time), so
+    # order and the memory limit are asked for on the dataset itself, not on the current
+    # context. A Dataset derived from another (`map_batches`, `drop_columns`) shares the
+    # same DataContext object (Ray Data 2.60: `Dataset._from_parent` passes `parent._context`),
+    # so setting them on `ds` or on what is built from it would change the caller's Dataset too.
+    # A copy with a context of its own (what `Dataset.materialize` makes before it runs) keeps
+    # the caller's as it was.
+    ds = Dataset.copy(ds, _deep_copy=True)
     ds.context.execution_options.preserve_order = True
     now = ray.cluster_resources()
     plan = plan_pools(model, pipeline, cluster_capacity(now), up_now=now, rows=rows)

@@ -12,22 +12,21 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from . import storage
 from .columns import ResultColumns
 from .errors import InputError, error_kind, is_retryable
-from .tables import input_format
+from .output import OutputFile
 
 
-def read_previous_output(path: str, input_schema: pa.Schema, results: ResultColumns = ResultColumns()) -> pa.Table:
+def read_previous_output(previous: OutputFile, input_schema: pa.Schema,
+                         results: ResultColumns = ResultColumns()) -> pa.Table:
     """A previous output of the same input: its input columns typed as the input's, then the results."""
     try:
-        filesystem, inner = storage.resolve(path)
-        if input_format(path) == "parquet":
-            table = pq.read_table(inner, filesystem=filesystem)
+        if previous.format == "parquet":
+            table = pq.read_table(previous.inner, filesystem=previous.filesystem)
         else:
             types = {**dict(zip(input_schema.names, input_schema.types)),
                      results.similarity: pa.float64(), results.cosine: pa.float64(), results.error: pa.string()}
-            with filesystem.open_input_stream(inner) as stream:
+            with previous.filesystem.open_input_stream(previous.inner) as stream:
                 table = pacsv.read_csv(
                     stream,
                     parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -36,13 +35,13 @@ def read_previous_output(path: str, input_schema: pa.Schema, results: ResultColu
                                                          quoted_strings_can_be_null=False),
                 )
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file (the previous output to retry)") from None
+        raise InputError(f"{previous.path}: no such file (the previous output to retry)") from None
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{path}: cannot read the previous output: {exc}") from None
+        raise InputError(f"{previous.path}: cannot read the previous output: {exc}") from None
     expected = [*input_schema.names, results.similarity, results.error]
     found = [name for name in table.column_names if name != results.cosine]
     if found != expected:
-        raise InputError(f"{path}: its columns ({', '.join(table.column_names)}) are not this input's columns "
+        raise InputError(f"{previous.path}: its columns ({', '.join(table.column_names)}) are not this input's columns "
                          f"followed by the results ({', '.join(expected)}); is it the output of this input?")
     return table
 

@@ -28,7 +28,7 @@ from .columns import CAPTION_COLUMN_CANDIDATES, IMAGE_COLUMN_CANDIDATES
 from .errors import InputError
 from .histogram import to_bins
 from .output import stats_path
-from .tables import input_format, read_columns
+from .tables import TableFile, input_format
 
 SCORE_COLUMN = "similarity"
 ERROR_COLUMN = "error"
@@ -46,7 +46,7 @@ class ScoredOutput:
 
     @classmethod
     def open(cls, path: str) -> ScoredOutput:
-        columns = tuple(read_columns(path))
+        columns = tuple(TableFile.open(path).columns)
         models = {_model_name(c): c for c in columns if c == SCORE_COLUMN or c.startswith(f"{SCORE_COLUMN}_")}
         if not models:
             raise InputError(f"{path}: no {SCORE_COLUMN} column; is this a file `tis-ray score` wrote?")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -94,39 +93,31 @@ def kind_of(path: str) -> str:
 
 
 @contextmanager
-def open_text(path: str):
+def open_text(filesystem: pafs.FileSystem, inner: str):
     """A text reader for a CSV header: UTF-8 with or without BOM, newlines as written."""
-    fs, inner = resolve(path)
-    with fs.open_input_file(inner) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+    with filesystem.open_input_file(inner) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
         yield text
 
 
-def check_writable_bucket(path: str) -> str | None:
-    """Why an object-store output cannot be written there, or None (the bucket exists)."""
-    fs, inner = resolve(path)
+def check_writable_bucket(filesystem: pafs.FileSystem, inner: str) -> str | None:
+    """Why an object-store output cannot be written at `inner`, or None (the bucket exists)."""
     bucket = inner.split("/", 1)[0]
-    if fs.get_file_info(bucket).type != pafs.FileType.Directory:
+    if filesystem.get_file_info(bucket).type != pafs.FileType.Directory:
         return f"the bucket {bucket} does not exist or cannot be reached"
-    if fs.get_file_info(inner).type == pafs.FileType.Directory:
+    if filesystem.get_file_info(inner).type == pafs.FileType.Directory:
         return "is a folder"
     return None
 
 
-def staging_folder(path: str) -> str:
-    """Where a file bound for `path` is written first: beside it, or locally for an object store."""
-    return tempfile.gettempdir() if is_object_store(path) else os.path.dirname(os.path.abspath(path))
-
-
-def publish(staged: str, path: str) -> None:
-    """Move a complete local file to `path`: a rename locally, one upload to an object store.
+def publish(staged: str, filesystem: pafs.FileSystem, inner: str) -> None:
+    """Move a complete local file to `inner` on `filesystem`: a rename locally, one upload to an object store.
 
     The object appears only when the upload completes, so a reader sees all or nothing.
     """
-    if not is_object_store(path):
-        os.replace(staged, path)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        os.replace(staged, inner)
         return
-    fs, inner = resolve(path)
-    pafs.copy_files(staged, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(staged, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
     os.unlink(staged)
 
 
