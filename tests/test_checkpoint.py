@@ -13,7 +13,7 @@ import pytest
 from tis_ray.checkpoint import Checkpoint, JobIdentity, checkpoint_dir
 from tis_ray.errors import InputError, is_retryable
 from tis_ray.output import OutputFile
-from tis_ray.retry_errors import inputs_of, merge, read_previous_output, retryable_rows
+from tis_ray.retry import inputs_of, merge, read_previous_output, retryable_rows
 from tis_ray.tables import TableFile
 
 SETTINGS = {"model": "tiny", "dtype": "float32", "timeout_s": 10.0, "with_cosine": False}

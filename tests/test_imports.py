@@ -36,3 +36,15 @@ def test_the_package_imports_light_and_every_public_name_resolves():
     assert missing == []
     assert issubclass(tis_ray.OutputError, tis_ray.InputError)
     assert issubclass(tis_ray.ModelLoadError, tis_ray.TisRayError)
+
+
+def test_no_submodule_hides_a_public_name():
+    """A submodule named like a lazy public name would replace it once imported
+    (``from tis_ray import retry_errors`` gave the module, not the function)."""
+    import types
+
+    import tis_ray
+    import tis_ray.api
+    import tis_ray.session  # noqa: F401 - imported for their side effect on the package
+
+    assert [name for name in tis_ray.__all__ if isinstance(getattr(tis_ray, name), types.ModuleType)] == []

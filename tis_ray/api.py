@@ -26,7 +26,7 @@ from .pipeline import add_scores, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
 from .progress import ProgressLine
 from .records import Record, ScoreResult
-from .retry_errors import inputs_of, merge, read_previous_output, retryable_rows
+from .retry import inputs_of, merge, read_previous_output, retryable_rows
 from .summary import JobSummary
 
 
