@@ -298,7 +298,7 @@ def test_inline_bytes_are_held_to_the_byte_cap():
     cfg = FetchConfig(max_bytes=len(data) - 1)
 
     async def prepare(cap: FetchConfig):
-        preparer = ImagePreparer(cap, SPEC)
+        preparer = ImagePreparer(cap, (SPEC,))
         try:
             return await preparer.from_bytes(data)
         except RowError as error:
@@ -483,7 +483,7 @@ def test_an_unexpected_exception_costs_its_row_an_internal_error_and_the_batch_g
 
     def run(refs: list[str]) -> pa.Table:
         async def main():
-            stage = FetchStage("image", "caption", "/", FAST, SPEC)
+            stage = FetchStage("image", "caption", "/", FAST, (SPEC,))
             real = stage.preparer.from_source
 
             async def from_source(source):

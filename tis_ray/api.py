@@ -17,10 +17,33 @@ import ray
 from ray.data import DataContext, Dataset
 
 from .checkpoint import Checkpoint, result_settings
-from .columns import RUNTIME, TRUNCATED, ResultColumns
-from .config import DEFAULT_MODEL, DType, Device, FetchConfig, ModelConfig, PipelineConfig
+from .columns import (
+    CAPTION_TRUNCATED,
+    COSINE,
+    IMAGE_EMBEDDING,
+    PROBABILITY,
+    RESULT_KINDS,
+    RUNTIME,
+    SIMILARITY,
+    TEXT_EMBEDDING,
+    TRUNCATED,
+    ResultColumns,
+    embedding_type,
+)
+from .config import (
+    DEFAULT_MODEL,
+    Device,
+    DType,
+    FetchConfig,
+    ModelConfig,
+    Models,
+    NamedModel,
+    PipelineConfig,
+    named_models,
+)
+from .errors import InputError
 from .job_input import ShardInput, TableInput, check_input, check_output_keeps
-from .loading import load_preprocess_spec
+from .loading import embedding_size, load_preprocess_spec, model_family
 from .output import OutputFile, check_output_path, write_atomically, write_stats
 from .pipeline import add_scores, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
@@ -50,18 +73,20 @@ def score_dataset(
     *,
     image_column: str = "image_url",
     caption_column: str = "caption",
-    model: str | ModelConfig | None = None,
+    model: Models = None,
     fetch: FetchConfig | None = None,
     pipeline: PipelineConfig | None = None,
     base_dir: str | None = None,
     prefix: str = "",
 ) -> Dataset:
-    """Add ``similarity``, ``error`` (and ``cosine`` if asked), each after `prefix`, to a Dataset,
-    lazily, row order kept. The image column may hold references or the images' bytes."""
-    model = ModelConfig.of(model)
-    spec = load_preprocess_spec(model.model)
-    return _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir,
-                   results=ResultColumns(prefix)).drop_columns([TRUNCATED, RUNTIME])
+    """Add ``similarity``, ``error`` (and ``cosine``, ``probability``, ``caption_truncated``, the
+    embeddings, as `pipeline` asks), each after `prefix`, to a Dataset, lazily, row order kept.
+    The image column may hold references or the images' bytes.
+
+    `model` is one model, or several (a list, or a name -> model map): each model's columns
+    then end in ``_<name>`` (see `config.named_models`)."""
+    scoring = _Scoring.check(model, pipeline, prefix)
+    return _scored(ds, image_column, caption_column, scoring, fetch, base_dir).drop_columns([TRUNCATED, RUNTIME])
 
 
 def score_file(
@@ -70,7 +95,7 @@ def score_file(
     *,
     image_column: str | None = None,
     caption_column: str | None = None,
-    model: str | ModelConfig | None = None,
+    model: Models = None,
     fetch: FetchConfig | None = None,
     pipeline: PipelineConfig | None = None,
     address: str | None = None,
@@ -88,6 +113,8 @@ def score_file(
     (``shards/{00000..00099}.tar``); a shard input's output keeps each sample's
     ``__key__``, its shard (``__url__``) and the json fields in `keep_json_fields`.
     `prefix` names the result columns apart from input columns of the same name.
+    `model` is one model or several (see `score_dataset`); `pipeline` says which columns
+    besides ``similarity`` and ``error`` to write (embeddings need a Parquet output).
     Scored rows are kept in a checkpoint beside the output (see `checkpoint`) every
     ``checkpoint_every_s`` seconds; ``resume`` picks up one an interrupted run left.
     ``progress`` shows Ray Data's progress bars; without it only warnings are logged.
@@ -95,7 +122,7 @@ def score_file(
     """
     job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix,
                          keep_json_fields)
-    summary = JobSummary(model=job.model.model, error_column=job.results.error)
+    summary = JobSummary(model=job.model_description(), error_column=job.results.error)
     identity = job.source.identity(job.settings())
     checkpoint = Checkpoint.open(output_path, identity, resume=resume, every_s=checkpoint_every_s)
     summary.carried_over = checkpoint.rows_done
@@ -126,7 +153,7 @@ def retry_errors(
     *,
     image_column: str | None = None,
     caption_column: str | None = None,
-    model: str | ModelConfig | None = None,
+    model: Models = None,
     fetch: FetchConfig | None = None,
     pipeline: PipelineConfig | None = None,
     address: str | None = None,
@@ -144,10 +171,11 @@ def retry_errors(
     """
     job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix,
                          keep_json_fields)
-    summary = JobSummary(model=job.model.model, error_column=job.results.error)
+    summary = JobSummary(model=job.model_description(), error_column=job.results.error)
     previous = read_previous_output(OutputFile.of(previous_output), job.source.schema, job.results)
-    job = dataclasses.replace(job, pipeline=dataclasses.replace(
-        job.pipeline, with_cosine=job.results.cosine in previous.column_names))
+    # The previous output says whether cosines were written; the new rows match it.
+    with_cosine = job.results.of(COSINE, job.models[0].name) in previous.column_names
+    job = job.with_pipeline(dataclasses.replace(job.pipeline, with_cosine=with_cosine))
     # A shard's output keeps no image to score again; its rows never fail in a retryable way anyway.
     rows = [] if isinstance(job.source, ShardInput) else retryable_rows(previous, job.results)
     summary.carried_over = previous.num_rows - len(rows)
@@ -192,21 +220,76 @@ def score_pairs(
         records, pipeline=pipeline)
 
 
-def _scored(ds, image_column, caption_column, spec, model, fetch, pipeline, base_dir, rows=None,
-            results=ResultColumns()) -> Dataset:
+def _scored(ds, image_column, caption_column, scoring: _Scoring, fetch, base_dir, rows=None) -> Dataset:
     """`add_scores` with the defaults filled in; `rows`, where known, sizes the GPU pool."""
     return add_scores(
         ds,
         image_column=image_column,
         caption_column=caption_column,
         base_dir=base_dir or os.getcwd(),
-        spec=spec,
-        model=model,
+        specs=scoring.specs,
+        models=scoring.models,
         fetch=fetch or FetchConfig(),
-        pipeline=pipeline or PipelineConfig(),
+        pipeline=scoring.pipeline,
+        results=scoring.results,
         rows=rows,
-        results=results,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scoring:
+    """A job's models, each named with its preprocessing, and the columns it writes: checked before Ray starts."""
+
+    models: tuple[NamedModel, ...]
+    specs: tuple[PreprocessSpec, ...]  # specs[i]: models[i]'s image preprocessing
+    pipeline: PipelineConfig
+    results: ResultColumns
+
+    @classmethod
+    def named(cls, model: Models, pipeline: PipelineConfig | None, prefix: str) -> _Scoring:
+        """The models named and the columns chosen, no model read yet (see `check`)."""
+        models, pipeline = named_models(model), pipeline or PipelineConfig()
+        return cls(models, (), pipeline, _result_columns(prefix, models, pipeline))
+
+    @classmethod
+    def check(cls, model: Models, pipeline: PipelineConfig | None, prefix: str) -> _Scoring:
+        return cls.named(model, pipeline, prefix).loaded()
+
+    def loaded(self) -> _Scoring:
+        """With each model's preprocessing read from its checkpoint: a bad model, or a CLIP
+        model asked for a probability, fails here, before Ray starts."""
+        specs = tuple(load_preprocess_spec(m.config.model) for m in self.models)
+        if self.pipeline.with_probability:
+            for m in self.models:
+                if model_family(m.config.model) == "clip":
+                    raise InputError(
+                        f"--with-probability: {m.config.model!r} is a CLIP model, which has no trained pair head "
+                        "(its logits mean something only against other candidates); use it without the flag, "
+                        "or a SigLIP model")
+        return dataclasses.replace(self, specs=specs)
+
+    def with_pipeline(self, pipeline: PipelineConfig) -> _Scoring:
+        return dataclasses.replace(self, pipeline=pipeline,
+                                   results=_result_columns(self.results.prefix, self.models, pipeline))
+
+    def result_fields(self) -> list[pa.Field]:
+        """The result columns with their types, in the order they are written."""
+        dtype = self.pipeline.embedding_dtype
+        fields = []
+        for model in self.models:
+            size = embedding_size(model.config.model) if self.pipeline.with_embeddings else 0
+            types = {SIMILARITY: pa.float64(), COSINE: pa.float64(), PROBABILITY: pa.float64(),
+                     CAPTION_TRUNCATED: pa.bool_(), IMAGE_EMBEDDING: embedding_type(dtype, size),
+                     TEXT_EMBEDDING: embedding_type(dtype, size)}
+            fields += [pa.field(self.results.of(kind, model.name), types[kind]) for kind in self.results.kinds]
+        return [*fields, pa.field(self.results.error, pa.string())]
+
+
+def _result_columns(prefix: str, models: tuple[NamedModel, ...], pipeline: PipelineConfig) -> ResultColumns:
+    asked = {SIMILARITY: True, COSINE: pipeline.with_cosine, PROBABILITY: pipeline.with_probability,
+             CAPTION_TRUNCATED: pipeline.with_truncation, IMAGE_EMBEDDING: pipeline.with_embeddings,
+             TEXT_EMBEDDING: pipeline.with_embeddings}
+    return ResultColumns(prefix, tuple(m.name for m in models), tuple(k for k in RESULT_KINDS if asked[k]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,46 +298,67 @@ class _FileJob:
 
     source: TableInput | ShardInput
     output: OutputFile
-    spec: PreprocessSpec
-    model: ModelConfig
+    scoring: _Scoring
     fetch: FetchConfig
-    pipeline: PipelineConfig
-    results: ResultColumns
 
     @classmethod
     def check(cls, input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix="",
               keep_json_fields=()) -> _FileJob:
-        fetch, results = fetch or FetchConfig(), ResultColumns(prefix)
-        source = check_input(input_path, image_column, caption_column, keep_json_fields, results, fetch.max_bytes)
+        fetch = fetch or FetchConfig()
+        scoring = _Scoring.named(model, pipeline, prefix)
+        source = check_input(input_path, image_column, caption_column, keep_json_fields, scoring.results,
+                             fetch.max_bytes)
         output = check_output_path(output_path)
         check_output_keeps(source, output)
-        model = ModelConfig.of(model)
-        spec = load_preprocess_spec(model.model)  # a bad model fails here, before Ray starts
-        return cls(source, output, spec, model, fetch, pipeline or PipelineConfig(), results)
+        if scoring.pipeline.with_embeddings and output.format != "parquet":
+            raise InputError("--with-embeddings writes list columns, which a CSV output cannot hold; "
+                             "name the output .parquet")
+        return cls(source, output, scoring.loaded(), fetch)
+
+    @property
+    def models(self) -> tuple[NamedModel, ...]:
+        return self.scoring.models
+
+    @property
+    def pipeline(self) -> PipelineConfig:
+        return self.scoring.pipeline
+
+    @property
+    def results(self) -> ResultColumns:
+        return self.scoring.results
+
+    def with_pipeline(self, pipeline: PipelineConfig) -> _FileJob:
+        return dataclasses.replace(self, scoring=self.scoring.with_pipeline(pipeline))
+
+    def model_description(self) -> str | list[dict]:
+        """The stats file's ``model``: one model's id, as ever, or every model's name and id."""
+        if len(self.models) == 1:
+            return self.models[0].config.model
+        return [{"name": m.name, "model": m.config.model} for m in self.models]
 
     def settings(self) -> dict:
         """The settings that change results: a checkpoint is resumed only with the same ones.
 
         The input's columns, the result prefix, and every field the configs declare with
-        `config.result_setting`, under its own name."""
+        `config.result_setting`, under its own name; several models are one ``models`` list
+        (names, order and each one's settings), so a resume with another list is refused."""
+        if len(self.models) == 1:
+            models = result_settings(self.models[0].config)
+        else:
+            models = {"models": [{"name": m.name, **result_settings(m.config)} for m in self.models]}
         return {
             **self.source.settings(), "prefix": self.results.prefix,
-            **result_settings(self.model), **result_settings(self.fetch), **result_settings(self.pipeline),
+            **models, **result_settings(self.fetch), **result_settings(self.pipeline),
         }
 
     def scored(self, ds: Dataset, rows: int) -> Dataset:
-        scored = _scored(ds, self.source.image_column, self.source.caption_column, self.spec, self.model,
-                         self.fetch, self.pipeline, self.source.base_dir, rows, self.results)
+        scored = _scored(ds, self.source.image_column, self.source.caption_column, self.scoring, self.fetch,
+                         self.source.base_dir, rows)
         internal = list(self.source.internal_columns)
         return scored.drop_columns(internal) if internal else scored
 
     def output_schema(self) -> pa.Schema:
-        fields = list(self.source.schema)
-        fields.append(pa.field(self.results.similarity, pa.float64()))
-        if self.pipeline.with_cosine:
-            fields.append(pa.field(self.results.cosine, pa.float64()))
-        fields.append(pa.field(self.results.error, pa.string()))
-        return pa.schema(fields)
+        return pa.schema([*self.source.schema, *self.scoring.result_fields()])
 
     def empty_results(self) -> pa.Table:
         """No rows, with the columns the scoring stages produce (internal ones included)."""

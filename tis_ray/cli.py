@@ -17,6 +17,7 @@ from .config import (
     FetchConfig,
     ModelConfig,
     PipelineConfig,
+    split_model_option,
 )
 from .errors import InputError, TisRayError
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "already has columns named like them")
     score.add_argument("--keep-json-fields", type=_names, default=(), metavar="F1,F2",
                        help="for shards: the fields of each sample's json entry to keep in the output")
-    _add_model_arguments(score)
+    _add_model_arguments(score, several=True)
     score.add_argument("--batch-size", type=_positive_int, default=PipelineConfig.batch_size, help="pairs per model call")
     score.add_argument("--fetch-concurrency", type=_positive_int, default=FetchConfig.max_in_flight,
                        help="requests in flight per fetch actor")
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scorer actors (default on GPUs: one per 500,000 input rows, up to the GPUs the "
                             "cluster can reach and at least the GPUs up; else one)")
     score.add_argument("--with-cosine", action="store_true", help="also write the raw cosine similarity")
+    score.add_argument("--with-probability", action="store_true",
+                       help="also write the pair head's match probability (SigLIP and SigLIP 2 only; CLIP has none)")
+    score.add_argument("--with-truncation", action="store_true",
+                       help="also write caption_truncated: whether the caption was cut to the model's context")
+    score.add_argument("--with-embeddings", action="store_true",
+                       help="also write the unit image_embedding and text_embedding (Parquet output only)")
+    score.add_argument("--embedding-dtype", choices=("float16", "float32"), default=PipelineConfig.embedding_dtype,
+                       help="the embeddings' number type (default: float16)")
     _add_politeness_arguments(score)
     score.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     again = score.add_mutually_exclusive_group()
@@ -134,9 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=os.environ.get("TIS_MODEL", DEFAULT_MODEL),
-                        help=f"Hugging Face CLIP id or local checkpoint folder (default: $TIS_MODEL, else {DEFAULT_MODEL})")
+def _add_model_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    default_model = os.environ.get("TIS_MODEL", DEFAULT_MODEL)
+    if several:  # the default is filled in after parsing: argparse would append to a default list
+        parser.add_argument("--model", action="append", metavar="[NAME=]MODEL",
+                            help="Hugging Face id or local checkpoint folder of a CLIP, SigLIP or SigLIP 2 model "
+                                 f"(default: $TIS_MODEL, else {default_model}); repeat it to score with several "
+                                 "in one pass, each optionally named (--model b32=DIR): columns then end in _NAME")
+    else:
+        parser.add_argument("--model", default=default_model,
+                            help=f"Hugging Face CLIP id or local checkpoint folder (default: $TIS_MODEL, else "
+                                 f"{DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto: float16 on CUDA, bfloat16 on CPUs with native bf16, else float32")
@@ -185,12 +202,15 @@ def run_score(args: argparse.Namespace) -> int:
         caption_column=args.caption_column,
         prefix=args.prefix,
         keep_json_fields=args.keep_json_fields,
-        model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
+        model=[(name, ModelConfig(model=model, device=args.device, dtype=args.dtype))
+               for name, model in map(split_model_option, args.model or [os.environ.get("TIS_MODEL", DEFAULT_MODEL)])],
         fetch=FetchConfig(max_in_flight=args.fetch_concurrency, timeout_s=args.timeout, retries=args.retries,
                           reduced_decode=not args.full_decode, user_agent=args.user_agent,
                           honor_opt_out=not args.ignore_opt_out),
         pipeline=PipelineConfig(batch_size=args.batch_size, fetch_actors=args.fetch_actors,
-                                scorer_actors=args.scorer_actors, with_cosine=args.with_cosine),
+                                scorer_actors=args.scorer_actors, with_cosine=args.with_cosine,
+                                with_probability=args.with_probability, with_truncation=args.with_truncation,
+                                with_embeddings=args.with_embeddings, embedding_dtype=args.embedding_dtype),
         address=args.address,
         progress=args.verbose,
         progress_line=ProgressLine(sys.stderr, terminal=sys.stderr.isatty() and not args.verbose,

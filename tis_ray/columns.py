@@ -7,15 +7,17 @@ message, not a failed job. A plain module (no torch, no Ray).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pyarrow as pa
 
 from .errors import InputError
 
-PIXELS = "__tis_pixels"  # uint8 model-ready pixels, from the fetch stage
+PIXELS = "__tis_pixels"  # uint8 model-ready pixels, from the fetch stage (see `pixels_column`)
 FETCH_ERROR = "__tis_fetch_error"  # the row's error so far (caption or image), from the fetch stage
-TRUNCATED = "__tis_truncated"  # the caption was cut to the model's context
+TRUNCATED = "__tis_truncated"  # the caption was cut to a model's context (any of the job's models)
 RUNTIME = "__tis_runtime"  # "device/dtype" of the scorer that scored the row
 
 # A WebDataset sample, as the shard reader hands it on (see `shard_source`):
@@ -32,30 +34,64 @@ CAPTION_COLUMN_CANDIDATES = ("caption", "text")
 IMAGE_BYTES_CANDIDATES = ("image", "jpg", "jpeg", "png", "webp", "img")
 
 
+# The kinds of result column a model gives, in the order they are written (each after the
+# last for one model, per model for several); SIMILARITY always, the others when asked for.
+SIMILARITY, COSINE, PROBABILITY = "similarity", "cosine", "probability"
+CAPTION_TRUNCATED, IMAGE_EMBEDDING, TEXT_EMBEDDING = "caption_truncated", "image_embedding", "text_embedding"
+RESULT_KINDS = (SIMILARITY, COSINE, PROBABILITY, CAPTION_TRUNCATED, IMAGE_EMBEDDING, TEXT_EMBEDDING)
+
+
+def pixels_column(spec_index: int) -> str:
+    """The internal column of the pixels prepared for a job's `spec_index`-th distinct preprocessing."""
+    return PIXELS if spec_index == 0 else f"{PIXELS}_{spec_index}"
+
+
 @dataclass(frozen=True)
 class ResultColumns:
-    """The names of the columns tis-ray adds: ``similarity``, ``cosine``, ``error``, each after `prefix`.
+    """The names of the columns tis-ray adds, each after `prefix`: per model ``similarity`` and
+    the `kinds` asked for (``cosine``, ``probability``, ...), then one ``error``.
 
-    A prefix keeps them apart from input columns of the same name (LAION ships its own
-    ``similarity``)."""
+    A job with several `models` names each model's columns ``<kind>_<model>``; one model keeps
+    the plain names. A prefix keeps them apart from input columns of the same name (LAION ships
+    its own ``similarity``)."""
 
     prefix: str = ""
+    models: tuple[str, ...] = ()  # the job's model names, in order; fewer than two: unsuffixed names
+    kinds: tuple[str, ...] = (SIMILARITY,)  # the result kinds written, in `RESULT_KINDS` order
+
+    def of(self, kind: str, model: str | None = None) -> str:
+        """The column of `kind` for `model` (the only model where there is one)."""
+        suffix = f"_{model}" if len(self.models) > 1 else ""
+        return f"{self.prefix}{kind}{suffix}"
 
     @property
     def similarity(self) -> str:
-        return f"{self.prefix}similarity"
+        return self.of(SIMILARITY, self._only_model)
 
     @property
     def cosine(self) -> str:
-        return f"{self.prefix}cosine"
+        return self.of(COSINE, self._only_model)
 
     @property
     def error(self) -> str:
         return f"{self.prefix}error"
 
     @property
-    def names(self) -> tuple[str, str, str]:
-        return self.similarity, self.cosine, self.error
+    def written(self) -> list[str]:
+        """Every result column the job writes, in order."""
+        return [self.of(kind, model) for model in self.models or (None,) for kind in self.kinds] + [self.error]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The columns an input must not have: those written, and ``cosine`` whether asked for or not."""
+        kinds = tuple(kind for kind in RESULT_KINDS if kind in self.kinds or kind == COSINE)
+        return tuple(replace(self, kinds=kinds).written)
+
+    @property
+    def _only_model(self) -> str | None:
+        if len(self.models) > 1:
+            raise ValueError(f"several models ({', '.join(self.models)}): name one with `of`")
+        return None
 
 
 def image_bytes_columns(schema: pa.Schema) -> frozenset[str]:
@@ -124,3 +160,16 @@ def _find(columns: list[str], candidates: tuple[str, ...], flag: str) -> str | N
             raise InputError(f"the input has several columns named {name!r} in different cases "
                              f"({', '.join(folded)}); choose one with {flag}")
     return None
+
+
+def embedding_type(dtype: str, size: int) -> pa.DataType:
+    """An embedding column's type: `size` floats of `dtype` (float16 or float32) a row. The item is
+    named ``element``, as a Parquet file reads back, so a checkpoint's parts and new batches agree."""
+    return pa.list_(pa.field("element", pa.from_numpy_dtype(np.dtype(dtype))), size)
+
+
+def pixel_columns(specs: tuple[Hashable, ...]) -> tuple[tuple[Hashable, ...], tuple[str, ...]]:
+    """The distinct preprocessings among the job's models' `specs`, and each model's pixel column:
+    models with equal specs share one column, so an image's pixels travel once per distinct spec."""
+    distinct = tuple(dict.fromkeys(specs))
+    return distinct, tuple(pixels_column(distinct.index(spec)) for spec in specs)

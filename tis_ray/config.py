@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
 from . import __version__
+from .errors import InputError
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 PROJECT_URL = "https://github.com/tis-ray/tis-ray"
@@ -14,6 +18,7 @@ DEFAULT_USER_AGENT = f"tis-ray/{__version__} (+{PROJECT_URL})"
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+EmbeddingDType = Literal["float16", "float32"]
 
 
 # Online batching across requests: the defaults of `tis-ray serve` and its deployment.
@@ -91,3 +96,63 @@ class PipelineConfig:
     fetch_actors: int | None = shape_setting(None)  # None = sized from the cluster
     scorer_actors: int | None = shape_setting(None)  # None = from the GPUs and the job's size (`pool_sizing`); 1 on CPU
     with_cosine: bool = result_setting(False)
+    with_probability: bool = result_setting(False)  # the pair head's probability (SigLIP families only)
+    with_truncation: bool = result_setting(False)  # a per-row caption_truncated flag
+    with_embeddings: bool = result_setting(False)  # unit image and text embeddings (Parquet output only)
+    embedding_dtype: EmbeddingDType = result_setting("float16")
+
+
+# A model's name in a job: it ends column names (similarity_<name>), so it is kept to characters
+# that need no quoting in SQL, pandas or a shell.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """One of a job's models and its name, which ends its columns' names where a job has several
+    (``similarity_<name>``)."""
+
+    name: str
+    config: ModelConfig
+
+
+# What the job functions take for their models: one (an id, a folder or a `ModelConfig`; None is
+# the default), several in a sequence (each may be a ``(name, model)`` pair), or a name -> model map.
+Models = (str | ModelConfig | None | Mapping[str, str | ModelConfig]
+          | Sequence[str | ModelConfig | tuple[str | None, str | ModelConfig]])
+
+
+def named_models(models: Models, *, device: Device | None = None, dtype: DType | None = None
+                 ) -> tuple[NamedModel, ...]:
+    """The job's models, in order, each named: as given, else by the last part of its id or folder
+    (``openai/clip-vit-base-patch32`` is ``clip-vit-base-patch32``). `InputError` for a bad or a
+    repeated name: names must tell the columns apart."""
+    if models is None or isinstance(models, str | ModelConfig):
+        items = [(None, models)]
+    elif isinstance(models, Mapping):
+        items = list(models.items())
+    else:
+        items = [item if isinstance(item, tuple) else (None, item) for item in models]
+    if not items:
+        raise InputError("no model given")
+    named = []
+    for name, model in items:
+        config = ModelConfig.of(model, device=device, dtype=dtype)
+        name = os.path.basename(config.model.rstrip("/")) if name is None else name
+        if not MODEL_NAME.match(name):
+            raise InputError(f"{name!r} cannot name a model's columns: use letters, digits, '_', '.' or '-' "
+                             f"(name it with --model NAME={config.model})")
+        named.append(NamedModel(name, config))
+    names = [model.name for model in named]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise InputError(f"two models are named {repeated[0]!r}; name them apart: --model NAME=MODEL")
+    return tuple(named)
+
+
+def split_model_option(text: str) -> tuple[str | None, str]:
+    """``NAME=MODEL`` to its name and model; a plain id or folder has no name. A hub id never holds
+    '=', and a name holds no '/', so a folder path with '=' in it stays whole."""
+    name, equals, model = text.partition("=")
+    if equals and MODEL_NAME.match(name) and model:
+        return name, model
+    return None, text

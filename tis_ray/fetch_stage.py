@@ -1,7 +1,8 @@
 """The fetch stage: a thin async-actor adapter from Arrow batches to `ImagePreparer`.
 
 It prepares a batch's images concurrently (fetched, or decoded from bytes the input
-holds) and appends their pixels and any row error, so that the user's other columns
+holds) and appends their pixels, one column per distinct preprocessing of the job's
+models (`columns.pixels_column`), and any row error, so that the user's other columns
 pass through untouched. The shard reader's internal columns (the sample's image bytes
 and its read error) are used here and dropped, so image bytes never travel on. It imports neither torch nor
 the model, which keeps each fetch actor's start-up and memory small.
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data.extensions import ArrowTensorArray
 
-from .columns import FETCH_ERROR, IMAGE_BYTES, PIXELS, READ_ERROR
+from .columns import FETCH_ERROR, IMAGE_BYTES, READ_ERROR, pixels_column
 from .config import FetchConfig
 from .errors import RowError
 from .prepare import ImagePreparer
@@ -26,12 +27,13 @@ from .sources import checked_image_bytes, classify_image_ref, image_value
 
 class FetchStage:
     def __init__(self, image_column: str, caption_column: str, base_dir: str, fetch: FetchConfig,
-                 spec: PreprocessSpec):
+                 specs: tuple[PreprocessSpec, ...]):
+        """`specs`: the job's distinct preprocessings; models that share one share its pixels."""
         self.image_column = image_column
         self.caption_column = caption_column
         self.base_dir = base_dir
-        self.spec = spec
-        self.preparer = ImagePreparer(fetch, spec)
+        self.specs = specs
+        self.preparer = ImagePreparer(fetch, specs)
         self.loop = None  # the event loop Ray runs this actor's calls on
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -52,20 +54,20 @@ class FetchStage:
             early_errors = [_read_error(r) or e for r, e in zip(batch.column(READ_ERROR).to_pylist(), early_errors)]
         distinct = list(dict.fromkeys(ref for ref, error in zip(refs, early_errors) if error is None))
         outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref, base_dir) for ref in distinct))))
-        height, width = self.spec.output_size
-        pixels = np.zeros((len(refs), height, width, 3), dtype=np.uint8)
+        pixels = [np.zeros((len(refs), *spec.output_size, 3), dtype=np.uint8) for spec in self.specs]
         errors: list[str | None] = []
         for row, ref in enumerate(refs):
             outcome = early_errors[row] or outcomes[ref]
             if isinstance(outcome, RowError):
                 errors.append(str(outcome))
             else:
-                pixels[row] = outcome
+                for column, prepared in zip(pixels, outcome, strict=True):
+                    column[row] = prepared
                 errors.append(None)
         batch = batch.drop_columns([c for c in (IMAGE_BYTES, READ_ERROR) if c in batch.column_names])
-        return batch.append_column(PIXELS, ArrowTensorArray.from_numpy(pixels)).append_column(
-            FETCH_ERROR, pa.array(errors, type=pa.string())
-        )
+        for index, column in enumerate(pixels):
+            batch = batch.append_column(pixels_column(index), ArrowTensorArray.from_numpy(column))
+        return batch.append_column(FETCH_ERROR, pa.array(errors, type=pa.string()))
 
     def __del__(self):
         if self.loop is None or not self.loop.is_running():
@@ -74,7 +76,7 @@ class FetchStage:
         if not _runs_on(self.loop):  # waiting on the loop's own thread would block the close
             closing.result(timeout=2)
 
-    async def _prepare(self, ref, base_dir: str) -> np.ndarray | RowError:
+    async def _prepare(self, ref, base_dir: str) -> tuple[np.ndarray, ...] | RowError:
         try:
             if isinstance(ref, bytes):  # held in the input: decoded as it is, nothing fetched
                 return await self.preparer.from_bytes(checked_image_bytes(ref, self.preparer.fetch.max_bytes))

@@ -136,3 +136,15 @@ def load_model(model: str, device: str, dtype: torch.dtype, family: Family):
         install = " (pip install sentencepiece)" if "sentencepiece" in reason.lower() else ""
         raise ModelLoadError(f"cannot load the tokenizer of {model!r}: {reason}{install}") from None
     return network.to(device).eval(), tokenizer
+
+
+def embedding_size(model: str) -> int:
+    """How many numbers a unit embedding of the checkpoint has (image and text share the space):
+    from its config, so that a job's embedding columns are typed before any model loads."""
+    from transformers import AutoConfig
+
+    family = model_family(model)
+    config = AutoConfig.from_pretrained(model)
+    # CLIPModel projects both towers to projection_dim; SiglipModel's image embedding is the
+    # vision tower's pooled output (hidden_size), and its text head projects to the same length.
+    return int(config.projection_dim if family == "clip" else config.vision_config.hidden_size)

@@ -15,8 +15,8 @@ import ray
 import yaml
 from ray.data import ActorPoolStrategy, Dataset
 
-from .columns import ResultColumns
-from .config import FetchConfig, ModelConfig, PipelineConfig
+from .columns import ResultColumns, pixel_columns
+from .config import FetchConfig, NamedModel, PipelineConfig
 from .fetch_stage import FetchStage
 from .pool_sizing import (
     FETCH_CPUS,
@@ -136,15 +136,18 @@ def add_scores(
     image_column: str,
     caption_column: str,
     base_dir: str,
-    spec: PreprocessSpec,
-    model: ModelConfig,
+    specs: tuple[PreprocessSpec, ...],
+    models: tuple[NamedModel, ...],
     fetch: FetchConfig,
     pipeline: PipelineConfig,
+    results: ResultColumns,
     rows: int | None = None,
-    results: ResultColumns = ResultColumns(),
 ) -> Dataset:
-    """Append ``similarity`` (and ``cosine``), ``error`` (named by `results`) and the internal summary columns.
+    """Append each model's ``similarity`` (and what else `results` asks for), ``error`` and the
+    internal summary columns. `specs[i]` is `models[i]`'s preprocessing.
 
+    Every image is fetched and decoded once and prepared once per distinct spec; one scorer
+    pool holds all the models, so each prepared image crosses the object store once.
     `rows`, the job's size where known, decides how many GPUs that are not up yet it asks for.
     """
     # Each Dataset carries the DataContext copied when it was created (at read time), so
@@ -157,16 +160,19 @@ def add_scores(
     ds = Dataset.copy(ds, _deep_copy=True)
     ds.context.execution_options.preserve_order = True
     now = ray.cluster_resources()
-    plan = plan_pools(model, pipeline, cluster_capacity(now), up_now=now, rows=rows)
+    # The pool is sized for the first model's device: a job's models share their actors.
+    plan = plan_pools(models[0].config, pipeline, cluster_capacity(now), up_now=now, rows=rows)
     if warning := gpu_wait_message(plan, now):
         logging.getLogger(__name__).warning(warning)
     limits = ds.context.execution_options.resource_limits
     if limits.object_store_memory == float("inf"):  # a limit the user set stays
         ds.context.execution_options.resource_limits = limits.copy(object_store_memory=plan.buffer_bytes)
+    distinct_specs, model_pixels = pixel_columns(specs)
     fetched = ds.map_batches(
         FetchStage,
         fn_constructor_kwargs=dict(
-            image_column=image_column, caption_column=caption_column, base_dir=base_dir, fetch=fetch, spec=spec
+            image_column=image_column, caption_column=caption_column, base_dir=base_dir, fetch=fetch,
+            specs=distinct_specs,
         ),
         batch_size=pipeline.fetch_batch_size,
         batch_format="pyarrow",
@@ -176,8 +182,8 @@ def add_scores(
     )
     return fetched.map_batches(
         ScoreStage,
-        fn_constructor_kwargs=dict(caption_column=caption_column, model=model, with_cosine=pipeline.with_cosine,
-                                   results=results),
+        fn_constructor_kwargs=dict(caption_column=caption_column, models=models, pixel_columns=model_pixels,
+                                   pipeline=pipeline, results=results),
         batch_size=pipeline.batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,

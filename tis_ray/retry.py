@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .columns import ResultColumns
+from .columns import CAPTION_TRUNCATED, COSINE, PROBABILITY, SIMILARITY, ResultColumns
 from .errors import InputError, error_kind, is_retryable
 from .output import OutputFile
 
@@ -24,8 +24,11 @@ def read_previous_output(previous: OutputFile, input_schema: pa.Schema,
         if previous.format == "parquet":
             table = pq.read_table(previous.inner, filesystem=previous.filesystem)
         else:
-            types = {**dict(zip(input_schema.names, input_schema.types)),
-                     results.similarity: pa.float64(), results.cosine: pa.float64(), results.error: pa.string()}
+            numbers = {results.of(kind, model): pa.float64() for model in results.models or (None,)
+                       for kind in (SIMILARITY, COSINE, PROBABILITY)}
+            flags = {results.of(CAPTION_TRUNCATED, model): pa.bool_() for model in results.models or (None,)}
+            types = {**dict(zip(input_schema.names, input_schema.types)), **numbers, **flags,
+                     results.error: pa.string()}
             with previous.filesystem.open_input_stream(previous.inner) as stream:
                 table = pacsv.read_csv(
                     stream,
@@ -38,8 +41,10 @@ def read_previous_output(previous: OutputFile, input_schema: pa.Schema,
         raise InputError(f"{previous.path}: no such file (the previous output to retry)") from None
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"{previous.path}: cannot read the previous output: {exc}") from None
-    expected = [*input_schema.names, results.similarity, results.error]
-    found = [name for name in table.column_names if name != results.cosine]
+    # The cosines are there or not as the previous run was asked; the new rows follow it.
+    cosines = {results.of(COSINE, model) for model in results.models or (None,)}
+    expected = [*input_schema.names, *(name for name in results.written if name not in cosines)]
+    found = [name for name in table.column_names if name not in cosines]
     if found != expected:
         raise InputError(f"{previous.path}: its columns ({', '.join(table.column_names)}) are not this input's columns "
                          f"followed by the results ({', '.join(expected)}); is it the output of this input?")

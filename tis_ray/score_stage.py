@@ -1,7 +1,10 @@
-"""The score stage: a thin adapter from Arrow batches to one scorer (`scorer.make_scorer`).
+"""The score stage: a thin adapter from Arrow batches to the job's scorers (`scorer.make_scorer`).
 
-It scores the rows the fetch stage prepared, passes on the fetch stage's row errors,
-and replaces the pixel columns with the results; other columns pass through untouched.
+One stage holds every model of the job (one GPU holds them all where they fit), so an
+image's pixels cross the object store once per distinct preprocessing, never once per
+actor pool. It scores the rows the fetch stage prepared with each model, passes on the
+fetch stage's row errors, and replaces the pixel columns with the results; other columns
+pass through untouched.
 """
 
 from __future__ import annotations
@@ -9,40 +12,96 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from .columns import FETCH_ERROR, PIXELS, RUNTIME, TRUNCATED, ResultColumns
-from .config import ModelConfig
+from .columns import (
+    CAPTION_TRUNCATED,
+    COSINE,
+    FETCH_ERROR,
+    IMAGE_EMBEDDING,
+    PROBABILITY,
+    RUNTIME,
+    SIMILARITY,
+    TEXT_EMBEDDING,
+    TRUNCATED,
+    ResultColumns,
+    embedding_type,
+    pixels_column,
+)
+from .config import ModelConfig, NamedModel, PipelineConfig, named_models
+from .loading import embedding_size
 from .records import check_caption
-from .scorer import make_scorer, similarity_from_cosine
+from .scorer import DualEncoderScorer, ScoreBatch, make_scorer, similarity_from_cosine
 
 
 class ScoreStage:
-    def __init__(self, caption_column: str, model: ModelConfig, with_cosine: bool,
-                 results: ResultColumns = ResultColumns()):
+    def __init__(self, caption_column: str, models: tuple[NamedModel, ...], pixel_columns: tuple[str, ...],
+                 pipeline: PipelineConfig, results: ResultColumns):
+        """`pixel_columns[i]` holds the pixels prepared for `models[i]` (see `columns.pixel_columns`);
+        `results` names the columns and says which kinds to write."""
         self.caption_column = caption_column
-        self.with_cosine = with_cosine
+        self.models = models
+        self.pixel_columns = pixel_columns
+        self.embedding_dtype = np.dtype(pipeline.embedding_dtype)
         self.results = results
-        self.scorer = make_scorer(model)
-        self.runtime = f"{self.scorer.device}/{self.scorer.dtype_name}"
+        self.scorers: list[DualEncoderScorer] = [make_scorer(model.config) for model in models]
+        self.embedding_sizes = [embedding_size(model.config.model) for model in models]
+        self.runtime = "; ".join(dict.fromkeys(f"{s.device}/{s.dtype_name}" for s in self.scorers))
+
+    @classmethod
+    def one_model(cls, caption_column: str, model: ModelConfig, with_cosine: bool) -> ScoreStage:
+        """One model's stage writing ``similarity``, ``cosine`` if asked, and ``error``, from the
+        fetch stage's only pixel column: what the warm scorer and Spark run."""
+        kinds = (SIMILARITY, COSINE) if with_cosine else (SIMILARITY,)
+        return cls(caption_column, named_models(model), (pixels_column(0),), PipelineConfig(),
+                   ResultColumns(kinds=kinds))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.num_rows
         errors = batch.column(FETCH_ERROR).to_pylist()  # caption errors included: FetchStage checked them
         ok = np.array([error is None for error in errors], dtype=bool)
-        cosine = np.zeros(rows, dtype=np.float32)
-        truncated = np.zeros(rows, dtype=bool)
-        if ok.any():
-            pixels = _tensor_column(batch, PIXELS)
-            captions = [check_caption(c) for c, good in zip(batch.column(self.caption_column).to_pylist(), ok) if good]
-            scored = self.scorer.score(pixels[ok], captions)
-            cosine[ok], truncated[ok] = scored.cosine, scored.truncated
-        missing = ~ok
-        out = batch.drop_columns([PIXELS, FETCH_ERROR])
-        out = out.append_column(self.results.similarity, pa.array(similarity_from_cosine(cosine), mask=missing))
-        if self.with_cosine:
-            out = out.append_column(self.results.cosine, pa.array(cosine.astype(np.float64), mask=missing))
+        captions = [check_caption(c) for c, good in zip(batch.column(self.caption_column).to_pylist(), ok) if good]
+        out = batch.drop_columns([*dict.fromkeys(self.pixel_columns), FETCH_ERROR])
+        truncated_any = np.zeros(rows, dtype=bool)
+        for model, scorer, column, size in zip(self.models, self.scorers, self.pixel_columns, self.embedding_sizes,
+                                               strict=True):
+            scored = scorer.score(_tensor_column(batch, column)[ok], captions) if ok.any() else None
+            for kind, values in self._columns(scored, ok, size).items():
+                out = out.append_column(self.results.of(kind, model.name), values)
+            if scored is not None:
+                truncated_any[ok] |= scored.truncated
         out = out.append_column(self.results.error, pa.array(errors, type=pa.string()))
-        out = out.append_column(TRUNCATED, pa.array(truncated))
+        out = out.append_column(TRUNCATED, pa.array(truncated_any))
         return out.append_column(RUNTIME, pa.array([self.runtime] * rows, type=pa.string()))
+
+    def _columns(self, scored: ScoreBatch | None, ok: np.ndarray, embedding_size: int) -> dict[str, pa.Array]:
+        """One model's result columns, by kind, in `results.kinds` order; null where a row failed."""
+        missing = ~ok
+
+        def spread(values: np.ndarray | None, dtype) -> np.ndarray:
+            full = np.zeros(len(ok), dtype=dtype)
+            if values is not None:
+                full[ok] = values
+            return full
+
+        cosine = spread(None if scored is None else scored.cosine, np.float32)
+        made = {SIMILARITY: lambda: pa.array(similarity_from_cosine(cosine), mask=missing),
+                COSINE: lambda: pa.array(cosine.astype(np.float64), mask=missing),
+                # float64 from the float32 cosine, unrounded: a probability near 0 or 1 keeps its digits.
+                PROBABILITY: lambda: pa.array(spread(None if scored is None else scored.probability, np.float64),
+                                              mask=missing),
+                CAPTION_TRUNCATED: lambda: pa.array(spread(None if scored is None else scored.truncated, bool),
+                                                    mask=missing),
+                IMAGE_EMBEDDING: lambda: self._embeddings(None if scored is None else scored.image_embeddings, ok,
+                                                             embedding_size),
+                TEXT_EMBEDDING: lambda: self._embeddings(None if scored is None else scored.text_embeddings, ok,
+                                                            embedding_size)}
+        return {kind: made[kind]() for kind in self.results.kinds}
+
+    def _embeddings(self, embeddings: np.ndarray | None, ok: np.ndarray, size: int) -> pa.Array:
+        full = np.zeros((len(ok), size), dtype=self.embedding_dtype)
+        if embeddings is not None:
+            full[ok] = embeddings
+        return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), type=embedding_type(
+            self.embedding_dtype.name, size), mask=pa.array(~ok))
 
 
 def _tensor_column(table: pa.Table, name: str) -> np.ndarray:

@@ -92,7 +92,7 @@ class ScoringService:
         policy = policy or AddressPolicy()
         self.preparer = ImagePreparer(
             self.fetch,
-            self.scorer.preprocess,
+            (self.scorer.preprocess,),
             make_fetcher=lambda: ImageFetcher(self.fetch, *guarded_fetcher_parts(policy, self.fetch)),
         )
         self.api_key = api_key
@@ -169,11 +169,11 @@ class ScoringService:
 
     async def _pixels(self, pair: Pair) -> np.ndarray:
         if pair.image_bytes is not None:
-            return await self.preparer.from_bytes(pair.image_bytes)
+            return (await self.preparer.from_bytes(pair.image_bytes))[0]
         source = classify_image_ref(pair.image_url, base_dir="/")
         if source.kind != "http":
             raise RowError(errors.UNSUPPORTED_SCHEME, "the service fetches only http and https URLs")
-        return await self.preparer.from_source(source)
+        return (await self.preparer.from_source(source))[0]
 
     @serve.batch(max_batch_size=SERVE_MAX_BATCH_SIZE, batch_wait_timeout_s=SERVE_BATCH_WAIT_MS / 1000)
     async def _score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[float]:

@@ -21,7 +21,8 @@ import ray
 from ray.data import Dataset
 
 from .api import connect
-from .config import DEFAULT_MODEL, DType, Device, FetchConfig, ModelConfig, PipelineConfig
+from .columns import COSINE, SIMILARITY, ResultColumns
+from .config import DEFAULT_MODEL, Device, DType, FetchConfig, ModelConfig, PipelineConfig, named_models
 from .loading import load_preprocess_spec
 from .pipeline import add_scores, cluster_capacity, records_from_table
 from .pool_sizing import gpu_wait_message, plan_pools
@@ -114,8 +115,9 @@ class Scorer:
             free = int(ray.available_resources().get("GPU", 0))
             pipeline = dataclasses.replace(pipeline, scorer_actors=max(1, free))
         return add_scores(records_from_table(table), image_column=IMAGE, caption_column=CAPTION,
-                          base_dir=os.getcwd(), spec=self.spec, model=self.model, fetch=self.fetch,
-                          pipeline=pipeline, rows=table.num_rows)
+                          base_dir=os.getcwd(), specs=(self.spec,), models=named_models(self.model),
+                          fetch=self.fetch, pipeline=pipeline, results=ResultColumns(kinds=(SIMILARITY, COSINE)),
+                          rows=table.num_rows)
 
     def close(self) -> None:
         """End the actor and give back what it holds (its GPU, the model's memory). Idempotent."""

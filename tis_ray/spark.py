@@ -102,8 +102,8 @@ class _Worker:
         from .score_stage import ScoreStage
 
         self.loop = asyncio.new_event_loop()
-        self.fetch = FetchStage(job.image_column, job.caption_column, job.base_dir, job.fetch, job.spec)
-        self.scorer = ScoreStage(job.caption_column, job.model, job.with_cosine)
+        self.fetch = FetchStage(job.image_column, job.caption_column, job.base_dir, job.fetch, (job.spec,))
+        self.scorer = ScoreStage.one_model(job.caption_column, job.model, job.with_cosine)
         atexit.register(self.close)  # the worker ends with the Spark application: close its connections
 
     def close(self) -> None:

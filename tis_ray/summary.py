@@ -18,13 +18,13 @@ from .errors import error_kind
 
 @dataclass
 class JobSummary:
-    model: str
+    model: str | list[dict]  # the model's id, or each model's name and id where a job has several
     error_column: str = "error"  # its name in the rows counted (see `columns.ResultColumns`)
     rows: int = 0
     scored: int = 0
     truncated_captions: int = 0
     errors: Counter = field(default_factory=Counter)
-    runtimes: set = field(default_factory=set)  # "device/dtype" of the scorer actors
+    runtimes: set = field(default_factory=set)  # "device/dtype" of the scorer actors' models
     carried_over: int = 0  # rows taken from a checkpoint or a previous output, not scored by this run
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
@@ -39,7 +39,7 @@ class JobSummary:
         self.scored += batch.num_rows - len(errors)
         self.errors.update(error_kind(e) for e in errors)
         self.truncated_captions += sum(1 for t in batch.column(TRUNCATED).to_pylist() if t)
-        self.runtimes.update(r for r in batch.column(RUNTIME).unique().to_pylist() if r)
+        self.runtimes.update(part for r in batch.column(RUNTIME).unique().to_pylist() if r for part in r.split("; "))
         self.seconds = time.monotonic() - self.started
 
     def arrived(self, rows: int) -> None:
@@ -74,10 +74,16 @@ class JobSummary:
             lines.append(f"carried over: {self.carried_over} (scored now: {self.scored_now})")
         lines += [
             f"truncated captions: {self.truncated_captions}",
-            f"model: {self.model} on {', '.join(sorted(self.runtimes)) or 'no scorer run'}",
+            f"model: {self._model_text} on {', '.join(sorted(self.runtimes)) or 'no scorer run'}",
             f"time: {self.seconds:.1f}s ({self.pairs_per_second:.1f} pairs/s)",
         ]
         return "\n".join(lines)
+
+    @property
+    def _model_text(self) -> str:
+        if isinstance(self.model, str):
+            return self.model
+        return ", ".join(f"{m['name']}={m['model']}" for m in self.model)
 
     def stats(self, *, input_path: str, output_path: str, mode: str) -> dict:
         """The content of ``<output>.stats.json``; ``mode`` is fresh, resumed or retry_errors."""

@@ -40,8 +40,8 @@ def pairs_table(images: list[str], captions: list[str]) -> pa.Table:
 class WarmScorer:
     def __init__(self, model: ModelConfig, fetch: FetchConfig, spec: PreprocessSpec):
         self.fetch_stage = FetchStage(image_column=IMAGE, caption_column=CAPTION, base_dir=os.getcwd(), fetch=fetch,
-                                spec=spec)
-        self.score_stage = ScoreStage(caption_column=CAPTION, model=model, with_cosine=True)
+                                      specs=(spec,))
+        self.score_stage = ScoreStage.one_model(CAPTION, model, with_cosine=True)
         # The model runs off the event loop: a call's fetch time limits tick on the loop, and
         # a model call on it would stall every fetch in flight for another call past them.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="tis-score")
