@@ -200,6 +200,9 @@ def test_model_names_from_the_option_or_the_folder(tiny_model):
         named_models(["a/m", "b/m"])
     with pytest.raises(InputError, match="cannot name"):
         named_models({"no space": tiny_model})
+    with pytest.raises(InputError, match="cannot name"):
+        named_models(["/data/my model", tiny_model])
+    assert named_models("/data/my model")[0].config.model == "/data/my model"  # one model: its name ends no column
 
 
 def test_one_model_keeps_todays_column_names():

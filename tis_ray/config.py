@@ -126,7 +126,7 @@ def named_models(models: Models, *, device: Device | None = None, dtype: DType |
                  ) -> tuple[NamedModel, ...]:
     """The job's models, in order, each named: as given, else by the last part of its id or folder
     (``openai/clip-vit-base-patch32`` is ``clip-vit-base-patch32``). `InputError` for a bad or a
-    repeated name: names must tell the columns apart."""
+    repeated name where names end columns (a named model, or several)."""
     if models is None or isinstance(models, str | ModelConfig):
         items = [(None, models)]
     elif isinstance(models, Mapping):
@@ -136,10 +136,11 @@ def named_models(models: Models, *, device: Device | None = None, dtype: DType |
     if not items:
         raise InputError("no model given")
     named = []
-    for name, model in items:
+    for given, model in items:
         config = ModelConfig.of(model, device=device, dtype=dtype)
-        name = os.path.basename(config.model.rstrip("/")) if name is None else name
-        if not MODEL_NAME.match(name):
+        name = os.path.basename(config.model.rstrip("/")) if given is None else given
+        # One unnamed model's name ends no column: any folder name will do for it.
+        if (given is not None or len(items) > 1) and not MODEL_NAME.match(name):
             raise InputError(f"{name!r} cannot name a model's columns: use letters, digits, '_', '.' or '-' "
                              f"(name it with --model NAME={config.model})")
         named.append(NamedModel(name, config))
