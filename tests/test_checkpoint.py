@@ -146,6 +146,10 @@ _RESULT_CHANGING = {
     "device": ({"model": {"device": "auto"}}, "device"),
     "dtype": ({"model": {"dtype": "bfloat16"}}, "dtype"),
     "with cosine": ({"pipeline": {"with_cosine": True}}, "with_cosine"),
+    "with probability": ({"pipeline": {"with_probability": True}}, "with_probability"),
+    "with truncation": ({"pipeline": {"with_truncation": True}}, "with_truncation"),
+    "with embeddings": ({"pipeline": {"with_embeddings": True}}, "with_embeddings"),
+    "embedding dtype": ({"pipeline": {"embedding_dtype": "float32"}}, "embedding_dtype"),
     "timeout": ({"fetch": {"timeout_s": 3.0}}, "timeout_s"),
     "retries": ({"fetch": {"retries": 0}}, "retries"),
     "byte cap": ({"fetch": {"max_bytes": 1000}}, "max_bytes"),
@@ -211,16 +215,18 @@ def _api_args(tiny_model: str, other_model: str, change: dict) -> dict:
 
 
 @pytest.fixture()
-def interrupted(tmp_path, tiny_model, monkeypatch):
+def interrupted(tmp_path, siglip_model, monkeypatch):
     """An input with spare columns, and the checkpoint a first run with default settings left
-    (laid down by a real `score_file` stopped where it would join Ray, after 0 rows)."""
+    (laid down by a real `score_file` stopped where it would join Ray, after 0 rows). A SigLIP
+    model and a Parquet output, so that every column option is open to a resume."""
     import shutil
 
     from tis_ray import api, score_file
 
     source = tmp_path / "in.csv"
     source.write_text("image_url,url,caption,text\na.jpg,b.jpg,a cat,a dog\n")
-    output = tmp_path / "out.csv"
+    output = tmp_path / "out.parquet"
+    tiny_model = siglip_model
     other_model = str(tmp_path / "other-model")
     shutil.copytree(tiny_model, other_model)
 
