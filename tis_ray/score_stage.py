@@ -58,7 +58,8 @@ class ScoreStage:
         rows = batch.num_rows
         errors = batch.column(FETCH_ERROR).to_pylist()  # caption errors included: FetchStage checked them
         ok = np.array([error is None for error in errors], dtype=bool)
-        captions = [check_caption(c) for c, good in zip(batch.column(self.caption_column).to_pylist(), ok) if good]
+        cells = batch.column(self.caption_column).to_pylist()
+        captions = [check_caption(c) for c, good in zip(cells, ok, strict=True) if good]
         out = batch.drop_columns([*dict.fromkeys(self.pixel_columns), FETCH_ERROR])
         truncated_any = np.zeros(rows, dtype=bool)
         for model, scorer, column, size in zip(self.models, self.scorers, self.pixel_columns, self.embedding_sizes,
@@ -73,27 +74,26 @@ class ScoreStage:
         return out.append_column(RUNTIME, pa.array([self.runtime] * rows, type=pa.string()))
 
     def _columns(self, scored: ScoreBatch | None, ok: np.ndarray, embedding_size: int) -> dict[str, pa.Array]:
-        """One model's result columns, by kind, in `results.kinds` order; null where a row failed."""
+        """One model's result columns, by kind, in `results.kinds` order; null where a row failed
+        (`scored` is None where every row did)."""
         missing = ~ok
 
-        def spread(values: np.ndarray | None, dtype) -> np.ndarray:
+        def spread(name: str, dtype) -> np.ndarray:
             full = np.zeros(len(ok), dtype=dtype)
-            if values is not None:
-                full[ok] = values
+            if scored is not None:
+                full[ok] = getattr(scored, name)
             return full
 
-        cosine = spread(None if scored is None else scored.cosine, np.float32)
-        made = {SIMILARITY: lambda: pa.array(similarity_from_cosine(cosine), mask=missing),
-                COSINE: lambda: pa.array(cosine.astype(np.float64), mask=missing),
-                # float64 from the float32 cosine, unrounded: a probability near 0 or 1 keeps its digits.
-                PROBABILITY: lambda: pa.array(spread(None if scored is None else scored.probability, np.float64),
-                                              mask=missing),
-                CAPTION_TRUNCATED: lambda: pa.array(spread(None if scored is None else scored.truncated, bool),
-                                                    mask=missing),
-                IMAGE_EMBEDDING: lambda: self._embeddings(None if scored is None else scored.image_embeddings, ok,
-                                                             embedding_size),
-                TEXT_EMBEDDING: lambda: self._embeddings(None if scored is None else scored.text_embeddings, ok,
-                                                            embedding_size)}
+        cosine = spread("cosine", np.float32)
+        made = {
+            SIMILARITY: lambda: pa.array(similarity_from_cosine(cosine), mask=missing),
+            COSINE: lambda: pa.array(cosine.astype(np.float64), mask=missing),
+            # The float64 the pair head gives for the float32 cosine, unrounded: near 0 or 1 the digits matter.
+            PROBABILITY: lambda: pa.array(spread("probability", np.float64), mask=missing),
+            CAPTION_TRUNCATED: lambda: pa.array(spread("truncated", bool), mask=missing),
+            IMAGE_EMBEDDING: lambda: self._embeddings(scored and scored.image_embeddings, ok, embedding_size),
+            TEXT_EMBEDDING: lambda: self._embeddings(scored and scored.text_embeddings, ok, embedding_size),
+        }
         return {kind: made[kind]() for kind in self.results.kinds}
 
     def _embeddings(self, embeddings: np.ndarray | None, ok: np.ndarray, size: int) -> pa.Array:
