@@ -211,3 +211,20 @@ def test_one_model_keeps_todays_column_names():
     two = ResultColumns("p_", ("a", "b"), ("similarity", "probability"))
     assert two.written == ["p_similarity_a", "p_probability_a", "p_similarity_b", "p_probability_b", "p_error"]
     assert "p_cosine_b" in two.names  # refused in an input whether asked for or not, as cosine always was
+
+
+def test_retry_errors_reads_a_two_model_output_and_needs_the_same_models(jobs, tiny_model, siglip_model, tmp_path):
+    """The previous output's result columns must be this job's: the same models, named alike."""
+    from tis_ray import retry_errors
+
+    table, _, out = jobs["both"]
+    source = str(out).removesuffix(".parquet") + ".csv"
+    pipeline = PipelineConfig(with_truncation=True, with_embeddings=True)
+    again = tmp_path / "again.parquet"
+    summary = retry_errors(source, str(out), str(again), model={"clip": _cpu(tiny_model), "sig": _cpu(siglip_model)},
+                           pipeline=pipeline, progress=False)
+    assert summary.scored_now == 0  # the one failed row is a 404, not worth retrying
+    assert pq.read_table(again).equals(table)
+    with pytest.raises(InputError, match="is it the output of this input"):
+        retry_errors(source, str(out), str(again), model={"clip": _cpu(tiny_model), "other": _cpu(siglip_model)},
+                     pipeline=pipeline, progress=False)
