@@ -33,9 +33,41 @@ def _describe_load_failure(model: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load CLIP model {model!r}: {text.splitlines()[0]}")
 
 
+def _require_hub_or_cache(model: str) -> None:
+    """`HUB_HINT` at once when `model` is a hub id that is not cached and the hub does not answer.
+
+    Without this the hub client, finding no cached copy after a failed lookup, retries it
+    five more times with back-off (huggingface_hub 2.4 `_http_backoff_base`: 1+2+4+8+8 s, each
+    retry announced as a warning) before the same message. Here one lookup decides, by the
+    hub client's own request (its endpoint, proxies, token and `HF_HUB_ETAG_TIMEOUT`), no
+    retry. A cached model never waits on it, and offline mode is left to the hub client.
+    """
+    if os.path.isdir(model) or model.startswith((".", "/", "~")):
+        return
+    import httpx2
+    from huggingface_hub import (
+        get_hf_file_metadata,
+        hf_hub_url,
+        is_offline_mode,
+        try_to_load_from_cache,
+    )
+    from huggingface_hub.constants import HF_HUB_ETAG_TIMEOUT
+    from transformers.utils import CONFIG_NAME
+
+    if is_offline_mode() or isinstance(try_to_load_from_cache(model, CONFIG_NAME), str):
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(model, CONFIG_NAME), timeout=HF_HUB_ETAG_TIMEOUT)
+    except httpx2.TransportError:  # no answer: refused, unresolvable, timed out
+        raise ModelLoadError(f"cannot load CLIP model {model!r}: {HUB_HINT}") from None
+    except Exception:  # noqa: BLE001 - the hub answered (unknown or gated repo, 5xx) or the id is malformed:
+        return  # from_pretrained says which, as it did before this check
+
+
 def check_is_clip(model: str) -> None:
     from transformers import AutoConfig
 
+    _require_hub_or_cache(model)
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
