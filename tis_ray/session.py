@@ -21,7 +21,7 @@ import ray
 from ray.data import Dataset
 
 from .api import connect
-from .config import DEFAULT_MODEL, DType, Device, FetchConfig, ModelConfig, PipelineConfig
+from .config import DEFAULT_MODEL, Device, DType, FetchConfig, ModelConfig, PipelineConfig
 from .loading import load_preprocess_spec
 from .pipeline import add_scores, cluster_capacity, records_from_table
 from .pool_sizing import gpu_wait_message, plan_pools
