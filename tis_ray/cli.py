@@ -280,7 +280,7 @@ def _serve_in_foreground(service_options: dict, *, host: str, port: int, user_co
     signal.signal(signal.SIGTERM, stop)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(ScoringService.options(user_config=user_config).bind(**service_options),
+        serve.run(ScoringService.options(user_config=user_config).bind(**service_options),  # type: ignore[attr-defined]
                   name="tis-ray", route_prefix="/")
         print(f"tis-ray serving {service_options['model']} at http://{host}:{port} (docs at /docs); Ctrl-C stops",
               flush=True)

@@ -147,7 +147,7 @@ def _absorb_actor_argument_warning() -> None:
     argument = ray.put(None)
     with _stderr_captured() as captured:
         probe = probe_class.remote(argument)
-    ray.kill(probe)
+    ray.kill(probe)  # type: ignore[arg-type]  # ray's stubs type .remote() as the class or a handle
     others = [line for line in captured if not ACTOR_ARGUMENT_WARNING.search(line.decode(errors="replace"))]
     if others:
         os.write(2, b"".join(others))

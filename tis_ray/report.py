@@ -133,7 +133,8 @@ def _cells(batch: pa.RecordBatch, column: str | None, where: np.ndarray) -> list
     return [_short(v) for v in batch.column(column).take(pa.array(where)).to_pylist()]
 
 
-def _short(value) -> str | None:
+def _short(value):
+    """`value` as text cut to `MAX_TEXT` characters; None stays None."""
     if value is None:
         return None
     text = str(value)
@@ -194,13 +195,14 @@ class _Collected:
     rows: int = 0
     histograms: dict[str, Histogram] = field(default_factory=dict)
     errors: Counter = field(default_factory=Counter)
-    examples: dict[str, dict] = field(default_factory=dict)
+    examples: dict[str | None, dict] = field(default_factory=dict)
     hosts: Counter = field(default_factory=Counter)
     hosts_capped: int = 0  # failed rows whose host was not counted (past MAX_HOSTS distinct)
-    lowest: _Pairs | None = None
-    highest: _Pairs | None = None
-    below: _Pairs | None = None
-    above: _Pairs | None = None
+    # The thumbnail grids, sized by the passes that fill them (empty until then).
+    lowest: _Pairs = field(default_factory=lambda: _Pairs(0))
+    highest: _Pairs = field(default_factory=lambda: _Pairs(0))
+    below: _Pairs = field(default_factory=lambda: _Pairs(0))
+    above: _Pairs = field(default_factory=lambda: _Pairs(0))
     pairs: list[_ModelPair] = field(default_factory=list)
     start_bin: int = 0
     images: dict[str, str] = field(default_factory=dict)  # image cell -> data URI, or the error

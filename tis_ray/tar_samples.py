@@ -116,7 +116,9 @@ def read_samples(stream: IO[bytes], layout: SampleLayout) -> Iterator[Sample]:
             if member.size > layout.max_bytes:
                 current.too_large[extension] = member.size  # skipped unread
                 continue
-            current.data[extension] = tar.extractfile(member).read()
+            entry = tar.extractfile(member)
+            assert entry is not None  # a regular file (isreg above) always has one
+            current.data[extension] = entry.read()
     except (tarfile.TarError, EOFError) as exc:
         # The stream ended inside an entry or a header: the sample being read is incomplete.
         detail = f"the shard is cut short in or after this sample ({exc})"
