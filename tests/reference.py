@@ -1,7 +1,10 @@
-"""The independent reference: transformers' own CLIPProcessor + CLIPModel, float32.
+"""The independent reference: transformers' own processors and models, float32.
 
 No tis-ray code is used here: images are opened with plain Pillow, preprocessed by
-the checkpoint's processor, and embedded by `get_image_features` / `get_text_features`.
+the checkpoint's processor, and embedded by `get_image_features` / `get_text_features`
+(CLIP, `reference_cosines`), or run through the documented
+``model(**processor(text=..., images=..., ...))`` with ``AutoProcessor`` and ``AutoModel``
+(every family, `library_outputs`).
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPModel, CLIPProcessor
+from transformers import AutoModel, AutoProcessor, CLIPModel, CLIPProcessor
 
 
 @lru_cache(maxsize=4)
@@ -47,3 +51,27 @@ def tolerance(image: Path) -> float:
     with Image.open(image) as opened:
         reduced = opened.format == "JPEG" and min(opened.size) >= 4 * 224
     return REDUCED_DECODE_TOLERANCE if reduced else EXACT_TOLERANCE
+
+
+# What each family's model card passes to the processor for text.
+DOCUMENTED_TEXT = {"clip": dict(padding=True), "siglip": dict(padding="max_length", max_length=64),
+                   "siglip2": dict(padding="max_length", max_length=64)}
+
+
+@lru_cache(maxsize=8)
+def library(model_dir: str):
+    """The checkpoint's model (float32, eval) and processor, as transformers loads them."""
+    return AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(model_dir)
+
+
+@torch.inference_mode()
+def library_outputs(name: str, model_dir: str, images: list[Image.Image], captions: list[str]):
+    """The documented computation for family `name`; pair i is (images[i], captions[i])."""
+    model, processor = library(model_dir)
+    inputs = processor(text=list(captions), images=images, truncation=True, return_tensors="pt",
+                       **DOCUMENTED_TEXT[name])
+    return inputs, model(**inputs)
+
+
+def library_cosines(outputs) -> np.ndarray:
+    return (outputs.image_embeds * outputs.text_embeds).sum(-1).numpy()

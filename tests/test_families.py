@@ -22,7 +22,8 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModel, AutoProcessor, BertConfig, Siglip2Config
+from reference import library, library_cosines, library_outputs
+from transformers import BertConfig, Siglip2Config
 
 from tis_ray import score_file
 from tis_ray.cli import main as cli_main
@@ -34,9 +35,6 @@ from tis_ray.scorer import ClipScorer, SiglipScorer, make_scorer, normalize
 
 FAMILY_FIXTURES = {"clip": "tiny_model", "siglip": "siglip_model", "siglip2": "siglip2_model"}
 SCORER_CLASSES = {"clip": ClipScorer, "siglip": SiglipScorer, "siglip2": SiglipScorer}
-# What each family's model card passes to the processor for text.
-DOCUMENTED_TEXT = {"clip": dict(padding=True), "siglip": dict(padding="max_length", max_length=64),
-                   "siglip2": dict(padding="max_length", max_length=64)}
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina")
 LONG_CAPTION = "distant galaxies " * 50  # past every family's context (CLIP 77, SigLIP 64 tokens)
 CAPTIONS = (
@@ -63,24 +61,6 @@ def family(request) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=8)
-def _library(model_dir: str):
-    return AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(model_dir)
-
-
-@torch.inference_mode()
-def library_outputs(name: str, model_dir: str, images: list[Image.Image], captions: list[str]):
-    """The documented computation; pair i is (images[i], captions[i])."""
-    model, processor = _library(model_dir)
-    inputs = processor(text=list(captions), images=images, truncation=True, return_tensors="pt",
-                       **DOCUMENTED_TEXT[name])
-    return inputs, model(**inputs)
-
-
-def library_cosines(outputs) -> np.ndarray:
-    return (outputs.image_embeds * outputs.text_embeds).sum(-1).numpy()
-
-
-@lru_cache(maxsize=8)
 def _scorer(model_dir: str):
     return make_scorer(ModelConfig(model=model_dir, device="cpu", dtype="float32"))
 
@@ -104,7 +84,7 @@ def test_preprocessed_pixels_equal_the_processors(family, photos):
     """The fetch stage's uint8 resize (and crop, for CLIP) plus the scorer's normalisation give
     the processor's pixel_values: resize mode, size, resample, mean and std all read right."""
     name, model_dir = family
-    _, processor = _library(model_dir)
+    _, processor = library(model_dir)
     # AutoProcessor's default backend here is PIL (no torchvision installed); the torchvision
     # backend resizes with torch and would give other pixels, so say which one this compares with.
     assert type(processor.image_processor).__name__.endswith("Pil")
