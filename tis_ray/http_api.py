@@ -271,7 +271,7 @@ RANK_ROUTE_DOCS = _route_docs("RankRequest")
 
 # The published request schemas, and in each the lists `max_pairs` caps and the fields that
 # name models (each allowed only the app's own names, each once).
-_REQUEST_SCHEMAS = {"ScoreRequest": TypeAdapter(ScoreRequest), "RankRequest": RANK_REQUEST}
+_REQUEST_SCHEMAS: dict[str, TypeAdapter] = {"ScoreRequest": TypeAdapter(ScoreRequest), "RankRequest": RANK_REQUEST}
 _CAPPED_LISTS = {"ScoreRequest": "pairs", RankCaptionsRequest.__name__: "captions",
                  RankImagesRequest.__name__: "images"}
 _MODEL_NAME_FIELDS = {"ScoreRequest": "models", RankCaptionsRequest.__name__: "model",
@@ -285,7 +285,8 @@ def publish_request_schema(app: FastAPI, max_pairs: int, model_names: tuple[str,
     Called again with each replica's own limit and models: the cached schema is dropped so
     that the next ``/openapi.json`` is built with them."""
     app.openapi_schema = None
-    app.openapi = functools.partial(_openapi_with_request_schema, app, max_pairs, model_names)
+    app.openapi = functools.partial(  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
+        _openapi_with_request_schema, app, max_pairs, model_names)
 
 
 def _openapi_with_request_schema(app: FastAPI, max_pairs: int, model_names: tuple[str, ...]) -> dict:

@@ -39,7 +39,7 @@ def bytes_to_pixels_per_spec(data: bytes, specs: tuple[PreprocessSpec, ...], max
     whole-image decode its processor sees.
     """
     sides = [min_decode_side(spec) for spec in specs] if reduced_decode else [None]
-    min_side = None if None in sides else max(sides)
+    min_side = None if any(side is None for side in sides) else max(side for side in sides if side is not None)
     image = decode_image(data, max_pixels, min_side)
     decoded = image.width * image.height
     pixels = tuple(resize_and_crop(image, spec) for spec in specs)

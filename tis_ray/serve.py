@@ -115,8 +115,8 @@ class ScoringService:
     def __init__(
         self,
         model: str | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
+        device: Device = "auto",
+        dtype: DType = "auto",
         policy: AddressPolicy | None = None,
         api_key: str | None = None,
         fetch: FetchConfig | None = None,
@@ -161,8 +161,11 @@ class ScoringService:
         if unknown:
             raise ValueError(f"unknown user_config keys: {', '.join(sorted(unknown))}")
         self.batch_settings.update(user_config)
-        self._score_batch.set_max_batch_size(int(self.batch_settings["max_batch_size"]))
-        self._score_batch.set_batch_wait_timeout_s(float(self.batch_settings["batch_wait_ms"]) / 1000)
+        # @serve.batch adds these setters at run time; its type hints do not show them.
+        self._score_batch.set_max_batch_size(  # type: ignore[attr-defined]
+            int(self.batch_settings["max_batch_size"]))
+        self._score_batch.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
+            float(self.batch_settings["batch_wait_ms"]) / 1000)
 
     @app.get("/healthz")
     def healthz(self) -> dict:
@@ -237,9 +240,9 @@ class ScoringService:
         else:
             pairs = [(image, parsed.caption) for image in parsed.images]
         outcomes = await self._score_pairs(pairs, [name])
-        scored = sorted((index for index, outcome in enumerate(outcomes) if not isinstance(outcome, str)),
-                        key=lambda index: -outcomes[index][name].cosine)  # stable: ties keep request order
-        results = [RankedItem(index=index, **outcomes[index][name].model_dump()) for index in scored]
+        scores = {index: outcome[name] for index, outcome in enumerate(outcomes) if not isinstance(outcome, str)}
+        scored = sorted(scores, key=lambda index: -scores[index].cosine)  # stable: ties keep request order
+        results = [RankedItem(index=index, **scores[index].model_dump()) for index in scored]
         results += [RankedItem(index=index, error=outcome) for index, outcome in enumerate(outcomes)
                     if isinstance(outcome, str)]
         logger.info("ranked %d items (%d errors) in %.0f ms", len(outcomes), len(outcomes) - len(scored),
@@ -301,7 +304,7 @@ class ScoringService:
 
     def _score_by_model(self, items: list[tuple[str, np.ndarray, str]],
                         by_model: dict[str, list[int]]) -> list[ModelScore]:
-        scores: list[ModelScore | None] = [None] * len(items)
+        scores: list[ModelScore] = [None] * len(items)  # type: ignore[list-item]  # each position is filled below
         for name, positions in by_model.items():
             result = self.scorers[name].score(np.stack([items[p][1] for p in positions]),
                                               [items[p][2] for p in positions])
@@ -395,4 +398,4 @@ def build_app(args: ServeArgs) -> serve.Application:
     Serve turns the config's ``args`` into a `ServeArgs` (the type hint says so). Batch size
     and wait come from the deployment's ``user_config`` in the same file.
     """
-    return ScoringService.bind(**args.service_options())
+    return ScoringService.bind(**args.service_options())  # type: ignore[attr-defined]  # a Deployment at run time
