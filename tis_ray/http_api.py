@@ -59,7 +59,8 @@ class Base64Image(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_base64: str = Field(..., pattern=BASE64_PATTERN, description="the image file's bytes, base64 (RFC 4648, padded)")
+    image_base64: str = Field(..., pattern=BASE64_PATTERN,
+                              description="the image file's bytes, base64 (RFC 4648, padded)")
     _image_bytes: bytes = PrivateAttr(b"")  # decoded once, by validation
 
     @model_validator(mode="after")

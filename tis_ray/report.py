@@ -258,7 +258,7 @@ class _Collected:
         texts = errors.take(pa.array(failed)).to_pylist()
         images = _cells(batch, self.image, failed)
         captions = _cells(batch, self.caption, failed)
-        for index, text, image, caption in zip(failed, texts, images, captions):
+        for index, text, image, caption in zip(failed, texts, images, captions, strict=True):
             kind = error_kind(text)
             self.errors[kind] += 1
             if kind not in self.examples:
@@ -281,7 +281,7 @@ class _Collected:
         model_label = stats.get("model") if len(self.models) == 1 else None
         return {
             "tool": f"tis-ray {__version__}",
-            "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "scored_path": scored.path,
             "kept_path": _kept_path(scored.path),
             "header": {
@@ -362,7 +362,7 @@ async def _thumbnails(refs: list[str], base_dir: str, fetch: FetchConfig) -> dic
         made = await asyncio.gather(*(_thumbnail(fetcher, ref, base_dir, fetch) for ref in refs))
     finally:
         await fetcher.close()
-    return dict(zip(refs, made))
+    return dict(zip(refs, made, strict=True))
 
 
 async def _thumbnail(fetcher, ref: str, base_dir: str, fetch: FetchConfig) -> str:

@@ -24,7 +24,7 @@ def read_previous_output(previous: OutputFile, input_schema: pa.Schema,
         if previous.format == "parquet":
             table = pq.read_table(previous.inner, filesystem=previous.filesystem)
         else:
-            types = {**dict(zip(input_schema.names, input_schema.types)),
+            types = {**dict(zip(input_schema.names, input_schema.types, strict=True)),
                      results.similarity: pa.float64(), results.cosine: pa.float64(), results.error: pa.string()}
             with previous.filesystem.open_input_stream(previous.inner) as stream:
                 table = pacsv.read_csv(

@@ -140,7 +140,8 @@ def _sample(entries: _Entries, layout: SampleLayout) -> Sample:
         sample.error = sample.error or _too_large(layout.caption_entry, entries)
     image = next((e for e in layout.image_entries if entries.has(e)), None)
     if image is None:
-        sample.error = sample.error or str(RowError(MISSING_IMAGE, f"the sample has no {_one_of(layout.image_entries)} entry"))
+        missing = RowError(MISSING_IMAGE, f"the sample has no {_one_of(layout.image_entries)} entry")
+        sample.error = sample.error or str(missing)
     elif image in entries.too_large:
         sample.error = sample.error or _too_large(image, entries)
     else:
