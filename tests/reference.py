@@ -1,10 +1,10 @@
-"""The independent reference: transformers' own processor and model, float32.
+"""The independent reference: transformers' own processors and models, float32.
 
 No tis-ray code is used here: images are opened with plain Pillow, preprocessed by
-the checkpoint's processor, and embedded by the model. `reference_cosines` is CLIP's
-(`get_image_features` / `get_text_features`); `library_outputs` is any family's
-documented ``model(**processor(...))``, whose ``image_embeds``, ``text_embeds`` and
-``logits_per_image`` the family tests compare with.
+the checkpoint's processor, and embedded by `get_image_features` / `get_text_features`
+(CLIP, `reference_cosines`), or run through the documented
+``model(**processor(text=..., images=..., ...))`` with ``AutoProcessor`` and ``AutoModel``
+(every family, `library_outputs`).
 """
 
 from __future__ import annotations
@@ -56,6 +56,28 @@ def tolerance(image: Path) -> float:
 # What each family's model card passes to the processor for text.
 DOCUMENTED_TEXT = {"clip": dict(padding=True), "siglip": dict(padding="max_length", max_length=64),
                    "siglip2": dict(padding="max_length", max_length=64)}
+
+
+@lru_cache(maxsize=8)
+def library(model_dir: str):
+    """The checkpoint's model (float32, eval) and processor, as transformers loads them."""
+    return AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(model_dir)
+
+
+@torch.inference_mode()
+def library_outputs(name: str, model_dir: str, images: list[Image.Image], captions: list[str]):
+    """The documented computation for family `name`; pair i is (images[i], captions[i])."""
+    model, processor = library(model_dir)
+    inputs = processor(text=list(captions), images=images, truncation=True, return_tensors="pt",
+                       **DOCUMENTED_TEXT[name])
+    return inputs, model(**inputs)
+
+
+def library_cosines(outputs) -> np.ndarray:
+    return (outputs.image_embeds * outputs.text_embeds).sum(-1).numpy()
+
+
+# Photos of tests/conftest.py's `photos` and a caption each: the family tests' pairs.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina")
 LONG_CAPTION = "distant galaxies " * 50  # past every family's context (CLIP 77, SigLIP 64 tokens)
 CAPTIONS = (
@@ -66,31 +88,8 @@ CAPTIONS = (
     LONG_CAPTION,  # truncated, as the processor truncates it
     "a fundus photograph of a retina",
 )
-# |ours - library|: the issue's bound for similarity and probability, and the float32
-# rounding a cosine or an embedding may carry (the same bound test_scorer.py holds CLIP to).
+# |ours - library|: the issue's bound for similarity and probability.
 SCORE_TOLERANCE = 1e-4
-COSINE_TOLERANCE = 1e-5
-PIXEL_TOLERANCE = 1e-5  # tests/test_preprocess.py's bound against the processor's pixel_values
-# Rounding to 4 decimals may leave two equal scores a float's width over 1e-4 apart.
-ROUNDING_SLACK = 1e-9
-
-
-@lru_cache(maxsize=8)
-def library(model_dir: str):
-    return AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval(), AutoProcessor.from_pretrained(model_dir)
-
-
-@torch.inference_mode()
-def library_outputs(name: str, model_dir: str, images: list[Image.Image], captions: list[str]):
-    """The documented computation; pair i is (images[i], captions[i])."""
-    model, processor = library(model_dir)
-    inputs = processor(text=list(captions), images=images, truncation=True, return_tensors="pt",
-                       **DOCUMENTED_TEXT[name])
-    return inputs, model(**inputs)
-
-
-def library_cosines(outputs) -> np.ndarray:
-    return (outputs.image_embeds * outputs.text_embeds).sum(-1).numpy()
 
 
 def photos_rgb(photos) -> list[Image.Image]:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
+import shutil
+import subprocess
+import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import REPO
+from conftest import REPO, free_port
 from jobs import assert_stats_add_up, read_output, run_cli
 from reference import reference_similarities, tolerance
 from shard_files import good_shard
@@ -64,6 +69,42 @@ def test_unreachable_hub_model_says_how_to_run_offline(tmp_path):
     result = run_cli("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"), env={"HF_HUB_OFFLINE": "1"})
     _one_line_error(result, "openai/clip-vit-base-patch32", "make_test_model.py", "--model")
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_an_unreachable_hub_is_one_line_without_the_hub_clients_retries(tmp_path):
+    """Not offline, no cached copy, and nothing answers at the hub's address (a closed port on
+    127.0.0.1 stands in for a hub out of reach): the same line, without the hub client's five
+    retries (1+2+4+8+8 s, each a warning line of its own)."""
+    (tmp_path / "in.csv").write_text("image_url,caption\na.jpg,a cat\n")
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": ""}
+    started = time.monotonic()
+    result = run_cli("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"), env=env)
+    took = time.monotonic() - started
+    _one_line_error(result, "openai/clip-vit-base-patch32", "cannot be reached", "make_test_model.py")
+    # The same start-up (Python, torch, transformers) failing on a model folder that does not exist:
+    started = time.monotonic()
+    _one_line_error(run_cli("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"),
+                            "--model", str(tmp_path / "no-such-model"), env=env), "does not exist")
+    assert took < time.monotonic() - started + 10  # the retries alone wait 23 s
+
+
+def test_a_cached_hub_model_loads_while_the_hub_is_unreachable(tmp_path, tiny_model):
+    """A hub id in the local cache (laid out as the hub client keeps it) needs no hub: the
+    quick check does not stand in the way, and offline mode is not needed for it."""
+    from tis_ray.loading import load_preprocess_spec
+
+    repo = tmp_path / "hf" / "hub" / "models--tis-test--tiny-clip"
+    commit = "0" * 40
+    shutil.copytree(tiny_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": ""}
+    probe = "from tis_ray.loading import load_preprocess_spec; print(repr(load_preprocess_spec('tis-test/tiny-clip')))"
+    result = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr(load_preprocess_spec(tiny_model))
 
 
 def test_demo_on_the_bundled_example_with_embedded_local_ray(tmp_path, tiny_model):

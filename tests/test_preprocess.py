@@ -226,8 +226,8 @@ def test_reduced_decode_gives_nearly_the_pixels_of_a_full_decode(processor, phot
     with Image.open(photos["retina"]) as photo:
         buffer = io.BytesIO()
         photo.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
-    full = bytes_to_pixels(buffer.getvalue(), (spec,), 10**9, reduced_decode=False)[0].astype(np.int16)
-    reduced = bytes_to_pixels(buffer.getvalue(), (spec,), 10**9, reduced_decode=True)[0].astype(np.int16)
+    full = bytes_to_pixels(buffer.getvalue(), spec, 10**9, reduced_decode=False).astype(np.int16)
+    reduced = bytes_to_pixels(buffer.getvalue(), spec, 10**9, reduced_decode=True).astype(np.int16)
     assert full.shape == reduced.shape == (*spec.output_size, 3)
     difference = np.abs(full - reduced)
     assert difference.mean() < 0.5

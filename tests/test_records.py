@@ -207,7 +207,8 @@ def test_public_layouts_are_found_in_any_case(columns, expected):
 
 
 def test_a_name_in_two_cases_is_refused_with_the_flag():
-    with pytest.raises(InputError, match=r"several columns named 'url' in different cases \(Url, URL\).*--image-column"):
+    with pytest.raises(InputError,
+                       match=r"several columns named 'url' in different cases \(Url, URL\).*--image-column"):
         pick_columns(["Url", "URL", "caption"])
 
 

@@ -9,26 +9,45 @@ import asyncio
 import json
 import subprocess
 import sys
+from typing import Annotated
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.testclient import TestClient
 from openapi_spec_validator import validate
 
 from tis_ray.errors import RequestRejected
-from tis_ray.http_api import SCORE_ROUTE_DOCS, ScoreRequest, publish_request_schema
+from tis_ray.http_api import (
+    RANK_ROUTE_DOCS,
+    SCORE_ROUTE_DOCS,
+    RankCaptionsRequest,
+    RankImagesRequest,
+    RankRequest,
+    ScoreRequest,
+    publish_request_schema,
+)
 from tis_ray.request_checks import (
     ServiceLimits,
-    accepted_pairs,
+    accepted_request,
     check_api_key,
     check_content_type,
-    parse_pairs,
+    parse_rank_request,
+    parse_score_request,
     read_body,
     rejection_response,
 )
 
 KEY = "k3y-for-tests"
 PAIR = {"image_url": "http://images.test/a.jpg", "caption": "a cat"}
+MODELS = ("b32", "siglip")  # the names an app serves, in its order
+
+
+def parse_pairs(body: bytes, max_pairs: int) -> list:
+    return parse_score_request(body, max_pairs, MODELS).pairs
+
+
+def accepted_pairs(request: Request, api_key: str | None, limits: ServiceLimits):
+    return accepted_request(request, api_key, limits, lambda body: parse_pairs(body, limits.max_pairs))
 
 
 class StreamedRequest:
@@ -113,13 +132,17 @@ def test_a_body_at_the_cap_is_read_whole():
     assert asyncio.run(read_body(sent.request, len(b"".join(chunks)))) == b"".join(chunks)
 
 
-def _fastapi_detail(body: bytes) -> list[dict]:
-    """What FastAPI itself answers when `ScoreRequest` is the route's declared body model."""
+def _fastapi_detail(body: bytes, body_type=ScoreRequest) -> list[dict]:
+    """What FastAPI itself answers when `body_type` is the route's declared body model."""
     reference = FastAPI()
 
-    @reference.post("/reference")
-    def take(request: ScoreRequest) -> None:  # pragma: no cover - only invalid bodies are sent
+    def take(request) -> None:  # pragma: no cover - only invalid bodies are sent
         raise AssertionError("a valid body reached the reference route")
+
+    # Set here, not written in the signature: this module's annotations are strings, and
+    # FastAPI could not resolve `body_type` from one.
+    take.__annotations__["request"] = Annotated[body_type, Body()]
+    reference.post("/reference")(take)
 
     response = TestClient(reference).post("/reference", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422
@@ -188,6 +211,16 @@ def test_a_rejection_is_answered_with_its_status_and_detail():
                                                      "type": "too_large"}]}
 
 
+def _capped_lists(schema: dict) -> dict[str, int]:
+    """The ``maxItems`` of each list a request brings, as the published schema says."""
+    components = schema["components"]["schemas"]
+    variants = [ref["$ref"].rsplit("/", 1)[1] for ref in components["RankRequest"]["oneOf"]]
+    assert sorted(variants) == sorted([RankCaptionsRequest.__name__, RankImagesRequest.__name__])
+    return {"pairs": components["ScoreRequest"]["properties"]["pairs"]["maxItems"],
+            "captions": components[RankCaptionsRequest.__name__]["properties"]["captions"]["maxItems"],
+            "images": components[RankImagesRequest.__name__]["properties"]["images"]["maxItems"]}
+
+
 def test_the_published_schema_is_valid_openapi_with_each_limit_it_is_given():
     app = FastAPI(title="t", version="1")
 
@@ -195,12 +228,123 @@ def test_the_published_schema_is_valid_openapi_with_each_limit_it_is_given():
     async def score(request: Request) -> dict:  # pragma: no cover - only the schema is read
         return {}
 
+    @app.post("/v1/rank", openapi_extra=RANK_ROUTE_DOCS)
+    async def rank(request: Request) -> dict:  # pragma: no cover - only the schema is read
+        return {}
+
     publish_request_schema(app, 7)
     schema = app.openapi()
     validate(schema)  # every $ref resolves, the document is OpenAPI 3.x
-    assert schema["components"]["schemas"]["ScoreRequest"]["properties"]["pairs"]["maxItems"] == 7
+    assert _capped_lists(schema) == {"pairs": 7, "captions": 7, "images": 7}
+    assert schema["paths"]["/v1/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RankRequest"}
     assert app.openapi() is schema  # built once, then served from the cache
     publish_request_schema(app, 3)  # as a replica does with its own limit
-    assert app.openapi()["components"]["schemas"]["ScoreRequest"]["properties"]["pairs"]["maxItems"] == 3
+    assert _capped_lists(app.openapi()) == {"pairs": 3, "captions": 3, "images": 3}
     served = TestClient(app).get("/openapi.json").json()
-    assert served["components"]["schemas"]["ScoreRequest"]["properties"]["pairs"]["maxItems"] == 3
+    assert _capped_lists(served) == {"pairs": 3, "captions": 3, "images": 3}
+
+
+def _named_models(schema: dict) -> dict[str, dict]:
+    """The non-null schema of each field where a request names models."""
+    components = schema["components"]["schemas"]
+    fields = {"models": components["ScoreRequest"]["properties"]["models"],
+              "rank_captions": components[RankCaptionsRequest.__name__]["properties"]["model"],
+              "rank_images": components[RankImagesRequest.__name__]["properties"]["model"]}
+    return {name: next(b for b in field["anyOf"] if b["type"] != "null") for name, field in fields.items()}
+
+
+def test_the_published_schema_allows_the_apps_own_model_names_each_once():
+    app = FastAPI(title="t", version="1")
+    publish_request_schema(app, 7)  # no names given (the module's own app before a replica has its models)
+    named = _named_models(app.openapi())
+    assert named["models"]["uniqueItems"] is True
+    assert all("enum" not in schema for schema in (named["models"]["items"], named["rank_captions"],
+                                                    named["rank_images"]))
+    publish_request_schema(app, 7, MODELS)
+    schema = app.openapi()
+    validate(schema)
+    named = _named_models(schema)
+    assert named["models"]["items"]["enum"] == named["rank_captions"]["enum"] == named["rank_images"]["enum"] == [
+        "b32", "siglip"]
+
+
+# --- model names and /v1/rank -------------------------------------------------------------------
+
+IMAGE = {"image_url": "http://images.test/a.jpg"}
+
+
+def test_a_score_request_may_name_the_apps_models():
+    body = json.dumps({"pairs": [PAIR], "models": ["siglip", "b32"]}).encode()
+    assert parse_score_request(body, 256, MODELS).models == ["siglip", "b32"]
+    assert parse_score_request(json.dumps({"pairs": [PAIR]}).encode(), 256, MODELS).models is None
+
+
+@pytest.mark.parametrize("models, problems", [
+    (["b32", "vit-h"], [(["body", "models", 1], "unknown_model")]),
+    (["nope", "b32", "b32"], [(["body", "models", 0], "unknown_model"), (["body", "models", 2], "duplicate_model")]),
+])
+def test_an_unknown_or_repeated_model_name_is_422_naming_each_and_the_known_ones(models, problems):
+    refusal = rejected(lambda: parse_score_request(json.dumps({"pairs": [PAIR], "models": models}).encode(),
+                                                   256, MODELS))
+    assert refusal.status == 422
+    assert [(item["loc"], item["type"]) for item in refusal.detail] == problems
+    unknown = [item["msg"] for item in refusal.detail if item["type"] == "unknown_model"]
+    assert unknown and all("(known: b32, siglip)" in msg for msg in unknown)
+
+
+def test_a_rank_request_is_one_image_with_captions_or_one_caption_with_images():
+    by_image = parse_rank_request(json.dumps({"image": IMAGE, "captions": ["a", "b"]}).encode(), 256, MODELS)
+    assert isinstance(by_image, RankCaptionsRequest) and by_image.captions == ["a", "b"] and by_image.model is None
+    by_caption = parse_rank_request(json.dumps({"caption": "a cat", "images": [IMAGE, {"image_base64": "aGk="}],
+                                                "model": "siglip"}).encode(), 256, MODELS)
+    assert isinstance(by_caption, RankImagesRequest) and by_caption.model == "siglip"
+    assert [image.image_bytes for image in by_caption.images] == [None, b"hi"]
+
+
+@pytest.mark.parametrize("payload", [
+    {"image": IMAGE, "caption": "both", "captions": ["a"]},
+    {"captions": ["a"], "images": [IMAGE]},
+    {},
+    [IMAGE],
+    {"image": IMAGE, "images": [IMAGE]},
+    {"image": IMAGE, "captions": []},
+    {"image": IMAGE, "captions": ["x" * 10_001]},
+    {"image": {"image_url": "http://x.test/a.jpg", "caption": "x"}, "captions": ["a"]},
+    {"caption": "a", "images": [{"image_base64": "!!"}]},
+    {"caption": "a", "images": [IMAGE], "model": "has space"},
+    {"caption": "a", "images": IMAGE},
+])
+def test_a_malformed_rank_body_gets_the_422_fastapi_itself_would_give(payload):
+    body = json.dumps(payload).encode()
+    refusal = rejected(lambda: parse_rank_request(body, 256, MODELS))
+    assert refusal.status == 422
+    assert [item["loc"] for item in refusal.detail] == [item["loc"] for item in _fastapi_detail(body, RankRequest)]
+    assert all(item["msg"] and set(item) == {"loc", "msg", "type"} for item in refusal.detail)
+
+
+@pytest.mark.parametrize("payload", [{}, {"image": IMAGE, "caption": "a"}])
+def test_neither_or_both_of_image_and_caption_is_422_saying_what_to_send(payload):
+    refusal = rejected(lambda: parse_rank_request(json.dumps(payload).encode(), 256, MODELS))
+    [item] = refusal.detail
+    assert item["loc"] == ["body"]
+    assert "`image` with `captions`" in item["msg"] and "`caption` with `images`" in item["msg"]
+
+
+@pytest.mark.parametrize("payload, loc, count", [
+    ({"image": IMAGE, "captions": ["a", "b", "c"]}, ["body", "rank_captions", "captions"], "3 captions"),
+    ({"caption": "a", "images": [IMAGE] * 3}, ["body", "rank_images", "images"], "3 images"),
+])
+def test_the_rank_limit_counts_the_ranked_items(payload, loc, count):
+    body = json.dumps(payload).encode()
+    assert parse_rank_request(body, 3, MODELS)
+    refusal = rejected(lambda: parse_rank_request(body, 2, MODELS))
+    assert (refusal.status, refusal.detail[0]["loc"], refusal.detail[0]["type"]) == (422, loc, "too_many")
+    assert refusal.detail[0]["msg"] == f"{count} is over the limit of 2"
+
+
+def test_a_rank_request_naming_an_unknown_model_is_422_at_its_model():
+    refusal = rejected(lambda: parse_rank_request(
+        json.dumps({"caption": "a", "images": [IMAGE], "model": "vit-h"}).encode(), 256, MODELS))
+    assert refusal.detail == [{"loc": ["body", "rank_images", "model"], "type": "unknown_model",
+                               "msg": "no model is named 'vit-h' (known: b32, siglip)"}]

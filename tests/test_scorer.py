@@ -101,5 +101,5 @@ def test_dtype_and_device_choices():
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="cannot load CLIP model from folder"):
+    with pytest.raises(ModelLoadError, match="cannot load model from folder"):
         ClipScorer(ModelConfig(model=str(tmp_path), device="cpu", dtype="float32"))

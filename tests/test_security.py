@@ -298,7 +298,7 @@ def test_inline_bytes_are_held_to_the_byte_cap():
     cfg = FetchConfig(max_bytes=len(data) - 1)
 
     async def prepare(cap: FetchConfig):
-        preparer = ImagePreparer(cap, (SPEC,))
+        preparer = ImagePreparer(cap, SPEC)
         try:
             return await preparer.from_bytes(data)
         except RowError as error:
@@ -308,7 +308,7 @@ def test_inline_bytes_are_held_to_the_byte_cap():
 
     refused = asyncio.run(prepare(cfg))
     assert isinstance(refused, RowError) and refused.kind == errors.TOO_LARGE
-    assert asyncio.run(prepare(FetchConfig(max_bytes=len(data))))[0].shape == (32, 32, 3)
+    assert asyncio.run(prepare(FetchConfig(max_bytes=len(data)))).shape == (32, 32, 3)
 
 
 def test_peak_memory_under_hostile_images_is_bounded_by_the_pixel_cap(tiny_model):

@@ -17,12 +17,12 @@ from tis_ray.config import DEFAULT_MODEL, SERVE_MAX_PIXELS, FetchConfig
 from tis_ray.errors import RowError
 from tis_ray.netguard import DEFAULT_PORTS
 from tis_ray.request_checks import ServiceLimits
-from tis_ray.serve import ScoringService, build_app
+from tis_ray.serve import ScoringService, ServedModel, build_app
 
 
 def _shipped_app_configs() -> dict[str, dict]:
     configs = {name: yaml.safe_load((REPO / "deploy" / name).read_text())
-               for name in ("serve-cpu.yaml", "serve-gpu.yaml", "serve-scale-to-zero.yaml")}
+               for name in ("serve-cpu.yaml", "serve-gpu.yaml", "serve-scale-to-zero.yaml", "serve-two-models.yaml")}
     service = yaml.safe_load((REPO / "deploy" / "rayservice.yaml").read_text())
     configs["rayservice.yaml"] = yaml.safe_load(service["spec"]["serveConfigV2"])
     return {name: config["applications"][0] for name, config in configs.items()}
@@ -42,7 +42,12 @@ def test_each_shipped_config_builds_the_service_it_describes(name, monkeypatch):
     assert app["import_path"] == "tis_ray.serve:build_app"
     args = app["args"]
     options = built_with(args)
-    assert (options["model"], options["device"], options["dtype"]) == (args["model"], args["device"], args["dtype"])
+    if "models" in args:
+        assert "model" not in options
+        assert options["models"] == tuple(ServedModel(**served) for served in args["models"])
+    else:
+        assert options["model"] == args["model"] and "models" not in options
+    assert (options["device"], options["dtype"]) == (args["device"], args["dtype"])
     assert options["limits"] == ServiceLimits(max_pairs=args["max_pairs"], max_body_bytes=args["max_body_bytes"])
     assert options["api_key"] is None
     assert options["policy"].allow == tuple(args["allow_hosts"])
@@ -95,3 +100,35 @@ def test_a_wrong_value_is_refused_naming_its_field(field, value):
 def test_a_bad_allowlist_entry_is_one_clear_error_before_any_replica():
     with pytest.raises(ValueError, match=r"^allowlist entry '10.0.0.1/0' has host bits set"):
         built_with({"allow_hosts": ["10.0.0.1/0"]})
+
+
+def test_several_models_reach_the_service_in_their_order():
+    options = built_with({"models": [{"name": "b32", "model": "/models/clip"},
+                                     {"name": "sig.v2", "model": "/models/siglip", "dtype": "float32"}],
+                          "dtype": "bfloat16"})
+    assert "model" not in options and options["dtype"] == "bfloat16"  # the app's, for models that name none
+    assert options["models"] == (ServedModel(name="b32", model="/models/clip"),
+                                 ServedModel(name="sig.v2", model="/models/siglip", dtype="float32"))
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"model": "/models/clip", "models": [{"name": "a", "model": "/models/siglip"}]}, "give `model`"),
+    ({"models": [{"name": "a", "model": "/m/1"}, {"name": "a", "model": "/m/2"}]}, "a named twice"),
+])
+def test_models_are_given_one_way_with_a_name_each(args, message):
+    with pytest.raises(ValidationError, match=message):
+        built_with(args)
+
+
+@pytest.mark.parametrize("served, loc", [
+    ({"name": "has space", "model": "/m"}, ("models", 0, "name")),
+    ({"name": "", "model": "/m"}, ("models", 0, "name")),
+    ({"model": "/m"}, ("models", 0, "name")),
+    ({"name": "a", "model": "/m", "dtype": "float8"}, ("models", 0, "dtype")),
+    ({"name": "a", "model": "/m", "device": "cuda"}, ("models", 0, "device")),
+])
+def test_a_bad_model_entry_is_refused_naming_its_field(served, loc):
+    with pytest.raises(ValidationError) as caught:
+        built_with({"models": [served]})
+    assert [error["loc"] for error in caught.value.errors()] == [loc]
+

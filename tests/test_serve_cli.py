@@ -24,7 +24,8 @@ BIN = Path(sys.executable).parent
 
 
 def _post(url: str, payload: dict, timeout: float = 60):
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.status, json.loads(response.read())
 

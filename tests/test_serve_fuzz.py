@@ -30,7 +30,8 @@ def test_no_5xx_and_responses_match_the_schema(fuzz_service):
     # Driven by hand rather than by schemathesis' pytest plugin, which does not run under pytest 9.
     api = schemathesis.openapi.from_url(f"{fuzz_service}/openapi.json")
     operations = [result.ok() for result in api.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/score", "/v1/model", "/healthz", "/readyz"}
+    assert {op.path for op in operations} >= {"/v1/score", "/v1/rank", "/v1/model", "/v1/models", "/healthz",
+                                              "/readyz"}
     for operation in operations:
 
         @settings(max_examples=40 if operation.method.upper() == "POST" else 5, deadline=None, database=None,

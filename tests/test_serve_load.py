@@ -99,7 +99,7 @@ async def send_load(url: str, payload: dict, total: int, concurrency: int, on_ou
                 async with session.post(url, json=payload) as response:
                     kind, detail = classify(response.status, await response.read())
                     status = response.status
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 kind, detail, status = "malformed", f"{type(exc).__name__}: {exc}", None
             outcomes.append(Outcome(kind, status, time.monotonic() - started, detail))
             if on_outcome is not None:

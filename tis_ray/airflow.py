@@ -19,6 +19,7 @@ else the Airflow variable ``address_variable``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shlex
 from collections.abc import AsyncIterator, Sequence
@@ -188,7 +189,7 @@ def score_dag(
         steps = [TisRayScoreOperator(task_id="score", **job)]
         if retry_errors:
             steps.append(TisRayScoreOperator(task_id="retry_errors", retry_errors=True, **job))
-        for before, after in zip(steps, steps[1:]):
+        for before, after in itertools.pairwise(steps):
             before >> after
         steps[-1] >> check_errors(output_path)
 

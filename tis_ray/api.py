@@ -1,20 +1,19 @@
 """The Python API: score a file, a Dataset, or an iterable of `Record`s.
 
-Ray is joined on first use: the cluster at ``address`` or ``RAY_ADDRESS`` when
-given, else a local Ray started on demand (the embedded default).
+Ray is joined on first use (`ray_session.connect`): the cluster at ``address`` or
+``RAY_ADDRESS`` when given, else the local one a ``ray start`` recorded, else a local
+Ray started on demand (the embedded default).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import ray
-from ray.data import DataContext, Dataset
+from ray.data import Dataset
 
 from .checkpoint import Checkpoint, result_settings
 from .columns import (
@@ -48,24 +47,10 @@ from .output import OutputFile, check_output_path, write_atomically, write_stats
 from .pipeline import add_scores, records_from_table, skip_rows
 from .preprocess import PreprocessSpec
 from .progress import ProgressLine
+from .ray_session import connect, show_progress
 from .records import Record, ScoreResult
 from .retry import inputs_of, merge, read_previous_output, retryable_rows
 from .summary import JobSummary
-
-
-def connect(address: str | None = None) -> None:
-    """Join the Ray cluster at `address` (or ``RAY_ADDRESS``); else start a local one."""
-    if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
-
-
-def show_progress(enabled: bool) -> None:
-    """Ray Data's progress bars on, or off with its per-operator log lines quietened."""
-    DataContext.get_current().enable_progress_bars = enabled
-    logging.getLogger("ray.data").setLevel(logging.INFO if enabled else logging.WARNING)
-    # Without bars Ray Data warns how to turn them on in code; the CLI's `--verbose` is how, and
-    # the job's own progress line (`progress`) stands in for them.
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if enabled else logging.ERROR)
 
 
 def score_dataset(
@@ -117,7 +102,8 @@ def score_file(
     besides ``similarity`` and ``error`` to write (embeddings need a Parquet output).
     Scored rows are kept in a checkpoint beside the output (see `checkpoint`) every
     ``checkpoint_every_s`` seconds; ``resume`` picks up one an interrupted run left.
-    ``progress`` shows Ray Data's progress bars; without it only warnings are logged.
+    ``progress`` shows all of Ray's output (its log lines, Ray Data's progress bars); without it
+    only what a user can act on (see `ray_session`).
     ``progress_line`` is told of every result batch (rows done of the total, errors by kind).
     """
     job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix,
@@ -126,7 +112,7 @@ def score_file(
     identity = job.source.identity(job.settings())
     checkpoint = Checkpoint.open(output_path, identity, resume=resume, every_s=checkpoint_every_s)
     summary.carried_over = checkpoint.rows_done
-    connect(address)
+    connect(address, verbose=progress)
     show_progress(progress)
     ds = job.source.read()
     if checkpoint.rows_done:
@@ -181,7 +167,7 @@ def retry_errors(
     summary.carried_over = previous.num_rows - len(rows)
     rescored = job.empty_results()
     if rows:
-        connect(address)
+        connect(address, verbose=progress)
         show_progress(progress)
         scored = job.scored(records_from_table(inputs_of(previous, rows, job.results)), len(rows))
         watched = _watched(scored, progress_line, lambda: len(rows), job.results.error)

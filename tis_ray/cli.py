@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--report", action="store_true",
                        help="also write OUTPUT.report.html (see `tis-ray report`) at the end")
     score.add_argument("--verbose", action="store_true",
-                       help="show Ray Data's own per-operator progress bars (progress is then logged as lines)")
+                       help="show all of Ray's own output: its log lines and Ray Data's per-operator progress bars "
+                            "(progress is then logged as lines)")
     score.add_argument("--progress-every", type=_positive_float, default=30.0, metavar="SECONDS",
                        help="when stderr is not a terminal, log a progress line this often (default: 30)")
     score.set_defaults(run=run_score)
@@ -299,7 +300,7 @@ def _serve_in_foreground(service_options: dict, *, host: str, port: int, user_co
     signal.signal(signal.SIGTERM, stop)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(ScoringService.options(user_config=user_config).bind(**service_options),
+        serve.run(ScoringService.options(user_config=user_config).bind(**service_options),  # type: ignore[attr-defined]
                   name="tis-ray", route_prefix="/")
         print(f"tis-ray serving {service_options['model']} at http://{host}:{port} (docs at /docs); Ctrl-C stops",
               flush=True)

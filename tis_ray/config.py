@@ -83,8 +83,11 @@ class ModelConfig:
         """What every entry point takes for a model: a checkpoint id or folder, or a whole
         `ModelConfig`; None is the default model. `device` and `dtype`, where given, override."""
         config = model if isinstance(model, ModelConfig) else cls() if model is None else cls(model=model)
-        overrides = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
-        return replace(config, **overrides) if overrides else config
+        if device is not None:
+            config = replace(config, device=device)
+        if dtype is not None:
+            config = replace(config, dtype=dtype)
+        return config
 
 
 @dataclass(frozen=True)

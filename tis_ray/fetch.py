@@ -17,7 +17,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timezone
+from datetime import UTC
 
 import aiohttp
 import yarl
@@ -229,7 +229,7 @@ def _retry_after(resp: aiohttp.ClientResponse, cfg: FetchConfig) -> float | None
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:  # asctime and "-0000" dates carry no zone; HTTP dates are GMT
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - time.time()
     if math.isnan(seconds):  # "nan" parses as a float, and sleep(nan) never wakes
         return None

@@ -11,6 +11,7 @@ the model, which keeps each fetch actor's start-up and memory small.
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,7 @@ class FetchStage:
         self.base_dir = base_dir
         self.specs = specs
         self.preparer = ImagePreparer(fetch, specs)
-        self.loop = None  # the event loop Ray runs this actor's calls on
+        self.closer: weakref.finalize | None = None  # closes the preparer on the loop its session lives on
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         return await self.prepare(batch, self.base_dir)
@@ -45,7 +46,12 @@ class FetchStage:
         A warm scorer (`warm`) calls this with each call's own folder: one actor serves
         calls made from different working folders.
         """
-        self.loop = asyncio.get_running_loop()
+        if self.closer is None:  # the first call: on the event loop Ray runs this actor's calls on
+            # A finalizer, not __del__: it also runs at interpreter exit, before the exit freezes the
+            # loop's (daemon) thread. Ray ends a job's actors by exiting their processes, and a
+            # __del__ reached only then waited on a loop that could no longer run (a TimeoutError
+            # traceback, then aiohttp's "Unclosed client session", in every healthy run's output).
+            self.closer = weakref.finalize(self, _close_on_loop, self.preparer, asyncio.get_running_loop())
         refs = [image_value(cell) for cell in batch.column(self.image_column).to_pylist()]
         # A row without a caption fails whatever its image, so its image is not fetched;
         # so does a WebDataset sample the reader could not read whole.
@@ -69,13 +75,6 @@ class FetchStage:
             batch = batch.append_column(pixels_column(index), ArrowTensorArray.from_numpy(column))
         return batch.append_column(FETCH_ERROR, pa.array(errors, type=pa.string()))
 
-    def __del__(self):
-        if self.loop is None or not self.loop.is_running():
-            return
-        closing = asyncio.run_coroutine_threadsafe(self.preparer.close(), self.loop)
-        if not _runs_on(self.loop):  # waiting on the loop's own thread would block the close
-            closing.result(timeout=2)
-
     async def _prepare(self, ref, base_dir: str) -> tuple[np.ndarray, ...] | RowError:
         try:
             if isinstance(ref, bytes):  # held in the input: decoded as it is, nothing fetched
@@ -85,6 +84,15 @@ class FetchStage:
             return error
         except Exception as exc:  # noqa: BLE001 - hostile input must cost one row, not the job
             return RowError.internal(exc)
+
+
+def _close_on_loop(preparer: ImagePreparer, loop: asyncio.AbstractEventLoop) -> None:
+    """Close `preparer` on `loop`, from whichever thread lets the stage go (or exits)."""
+    if not loop.is_running():  # its owner closed it (spark) or the loop is gone
+        return
+    closing = asyncio.run_coroutine_threadsafe(preparer.close(), loop)
+    if not _runs_on(loop):  # waiting on the loop's own thread would block the close
+        closing.result(timeout=2)
 
 
 def _caption_error(caption: object) -> RowError | None:

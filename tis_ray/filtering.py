@@ -68,6 +68,7 @@ def filter_file(scored_path: str, output_path: str, *, min_similarity: Fraction 
         cut = histogram.top(keep_top)
         first_bin = cut.bin
     else:
+        assert min_similarity is not None  # exactly one of the two was given (checked above)
         first_bin = bin_at_least(min_similarity)
     counts = _Counts()
 

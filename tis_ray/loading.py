@@ -19,20 +19,20 @@ from .preprocess import PreprocessSpec
 HUB_HINT = (
     "the Hugging Face hub cannot be reached and the model is not in the local cache. "
     "To run offline, pass --model with a local checkpoint folder "
-    "(a downloaded CLIP checkpoint, or a random-weight test model from "
+    "(a downloaded checkpoint, or a random-weight test model from "
     "`python scripts/make_test_model.py DIR --arch tiny`)"
 )
 
 
 def _describe_load_failure(model: str, exc: Exception) -> ModelLoadError:
     if os.path.isdir(model):
-        return ModelLoadError(f"cannot load CLIP model from folder {model!r}: {str(exc).splitlines()[0]}")
+        return ModelLoadError(f"cannot load model from folder {model!r}: {str(exc).splitlines()[0]}")
     if model.startswith((".", "/", "~")):
         return ModelLoadError(f"model folder {model!r} does not exist")
     text = str(exc)
     if "couldn't connect" in text.lower() or "offline" in text.lower():
-        return ModelLoadError(f"cannot load CLIP model {model!r}: {HUB_HINT}")
-    return ModelLoadError(f"cannot load CLIP model {model!r}: {text.splitlines()[0]}")
+        return ModelLoadError(f"cannot load model {model!r}: {HUB_HINT}")
+    return ModelLoadError(f"cannot load model {model!r}: {text.splitlines()[0]}")
 
 
 Family = Literal["clip", "siglip"]
@@ -51,10 +51,42 @@ NAFLEX_HINT = (
 )
 
 
+def _require_hub_or_cache(model: str) -> None:
+    """`HUB_HINT` at once when `model` is a hub id that is not cached and the hub does not answer.
+
+    Without this the hub client, finding no cached copy after a failed lookup, retries it
+    five more times with back-off (huggingface_hub 2.4 `_http_backoff_base`: 1+2+4+8+8 s, each
+    retry announced as a warning) before the same message. Here one lookup decides, by the
+    hub client's own request (its endpoint, proxies, token and `HF_HUB_ETAG_TIMEOUT`), no
+    retry. A cached model never waits on it, and offline mode is left to the hub client.
+    """
+    if os.path.isdir(model) or model.startswith((".", "/", "~")):
+        return
+    import httpx2  # huggingface_hub 2's HTTP client (its own requirement): its errors are what it raises
+    from huggingface_hub import (
+        get_hf_file_metadata,
+        hf_hub_url,
+        is_offline_mode,
+        try_to_load_from_cache,
+    )
+    from huggingface_hub.constants import HF_HUB_ETAG_TIMEOUT
+    from transformers.utils import CONFIG_NAME
+
+    if is_offline_mode() or isinstance(try_to_load_from_cache(model, CONFIG_NAME), str):
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(model, CONFIG_NAME), timeout=HF_HUB_ETAG_TIMEOUT)
+    except httpx2.TransportError:  # no answer: refused, unresolvable, timed out
+        raise ModelLoadError(f"cannot load model {model!r}: {HUB_HINT}") from None
+    except Exception:  # noqa: BLE001 - the hub answered (unknown or gated repo, 5xx) or the id is malformed:
+        return  # from_pretrained says which, as it did before this check
+
+
 def model_family(model: str) -> Family:
     """The family of the checkpoint, from its config; a one-line error for any other."""
     from transformers import AutoConfig
 
+    _require_hub_or_cache(model)
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:

@@ -223,7 +223,7 @@ class AllowEntry:
         return cls(_name_key(host), None, port)
 
     def matches(self, host: str, ip: IPAddress | None = None) -> bool:
-        if self.name is not None:
+        if self.network is None:
             return _name_key(host) == self.name
         return ip is not None and ip.version == self.network.version and ip in self.network
 
@@ -375,9 +375,9 @@ def make_url_check(policy: AddressPolicy) -> UrlCheck:
             raise RowError(INVALID_URL, f"{url} has no host")
         ip = literal_address(host)
         if ip is None:
-            policy.check_host_name(host, url.port)
+            policy.check_host_name(host, url.port)  # type: ignore[arg-type]  # http(s): yarl fills the default port
         else:
-            policy.check_ip(ip, host, url.port)
+            policy.check_ip(ip, host, url.port)  # type: ignore[arg-type]  # (never None here)
 
     return url_check
 

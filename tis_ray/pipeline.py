@@ -111,7 +111,7 @@ def _launcher_config_capacity() -> dict[str, float] | None:
         return None
 
 
-def _ray_reported_capacity() -> dict[str, float] | None:
+def _ray_reported_capacity() -> dict[str, int] | None:
     """What Ray's autoscaler reports it can scale to, where one reports it (Ray Data and
     Ray Train read the same; it is not a public API, so any failure means unknown)."""
     try:

@@ -57,8 +57,8 @@ class PreprocessSpec:
             crop_size=(crop["height"], crop["width"]) if crop else None,
             resample=int(processor.resample),
             rescale_factor=float(processor.rescale_factor) if processor.do_rescale else 1.0,
-            image_mean=tuple(float(m) for m in processor.image_mean) if normalizes else (0.0, 0.0, 0.0),
-            image_std=tuple(float(s) for s in processor.image_std) if normalizes else (1.0, 1.0, 1.0),
+            image_mean=_per_channel(processor.image_mean) if normalizes else (0.0, 0.0, 0.0),
+            image_std=_per_channel(processor.image_std) if normalizes else (1.0, 1.0, 1.0),
         )
 
     @property
@@ -119,3 +119,9 @@ def _center_crop(pixels: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     padded[pad_top : pad_top + height, pad_left : pad_left + width] = pixels
     top, left = top + pad_top, left + pad_left
     return padded[max(0, top) : max(0, top) + crop_h, max(0, left) : max(0, left) + crop_w]
+
+
+def _per_channel(values) -> tuple[float, float, float]:
+    """An image processor's mean or std as three floats (R, G, B); transformers also allows one for all."""
+    red, green, blue = (values,) * 3 if isinstance(values, int | float) else values
+    return float(red), float(green), float(blue)

@@ -133,7 +133,8 @@ def _cells(batch: pa.RecordBatch, column: str | None, where: np.ndarray) -> list
     return [_short(v) for v in batch.column(column).take(pa.array(where)).to_pylist()]
 
 
-def _short(value) -> str | None:
+def _short(value):
+    """`value` as text cut to `MAX_TEXT` characters; None stays None."""
     if value is None:
         return None
     text = str(value)
@@ -194,13 +195,14 @@ class _Collected:
     rows: int = 0
     histograms: dict[str, Histogram] = field(default_factory=dict)
     errors: Counter = field(default_factory=Counter)
-    examples: dict[str, dict] = field(default_factory=dict)
+    examples: dict[str | None, dict] = field(default_factory=dict)
     hosts: Counter = field(default_factory=Counter)
     hosts_capped: int = 0  # failed rows whose host was not counted (past MAX_HOSTS distinct)
-    lowest: _Pairs | None = None
-    highest: _Pairs | None = None
-    below: _Pairs | None = None
-    above: _Pairs | None = None
+    # The thumbnail grids, sized by the passes that fill them (empty until then).
+    lowest: _Pairs = field(default_factory=lambda: _Pairs(0))
+    highest: _Pairs = field(default_factory=lambda: _Pairs(0))
+    below: _Pairs = field(default_factory=lambda: _Pairs(0))
+    above: _Pairs = field(default_factory=lambda: _Pairs(0))
     pairs: list[_ModelPair] = field(default_factory=list)
     start_bin: int = 0
     images: dict[str, str] = field(default_factory=dict)  # image cell -> data URI, or the error
@@ -256,7 +258,7 @@ class _Collected:
         texts = errors.take(pa.array(failed)).to_pylist()
         images = _cells(batch, self.image, failed)
         captions = _cells(batch, self.caption, failed)
-        for index, text, image, caption in zip(failed, texts, images, captions):
+        for index, text, image, caption in zip(failed, texts, images, captions, strict=True):
             kind = error_kind(text)
             self.errors[kind] += 1
             if kind not in self.examples:
@@ -279,7 +281,7 @@ class _Collected:
         model_label = stats.get("model") if len(self.models) == 1 else None
         return {
             "tool": f"tis-ray {__version__}",
-            "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "scored_path": scored.path,
             "kept_path": _kept_path(scored.path),
             "header": {
@@ -360,7 +362,7 @@ async def _thumbnails(refs: list[str], base_dir: str, fetch: FetchConfig) -> dic
         made = await asyncio.gather(*(_thumbnail(fetcher, ref, base_dir, fetch) for ref in refs))
     finally:
         await fetcher.close()
-    return dict(zip(refs, made))
+    return dict(zip(refs, made, strict=True))
 
 
 async def _thumbnail(fetcher, ref: str, base_dir: str, fetch: FetchConfig) -> str:

@@ -1,4 +1,5 @@
-"""Whether a ``POST /v1/score`` is let in: API key, ``Content-Type``, body size, then shape.
+"""Whether a ``POST /v1/score`` or ``/v1/rank`` is let in: API key, ``Content-Type``, body
+size, then shape, item count and model names.
 
 Each check raises `errors.RequestRejected` (a 4xx and a FastAPI-style ``detail`` whose
 ``loc`` names the header or field) and needs no Ray, so the service's handler is a call
@@ -10,7 +11,9 @@ an oversized one is cut off while it streams in instead of being held whole firs
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi.encoders import jsonable_encoder
 from pydantic import ValidationError
@@ -19,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .errors import RequestRejected
-from .http_api import Pair, ScoreRequest
+from .http_api import RANK_REQUEST, RankCaptionsRequest, RankImagesRequest, ScoreRequest
+
+Parsed = TypeVar("Parsed")
 
 
 @dataclass(frozen=True)
@@ -71,31 +76,74 @@ def _body_too_large(max_bytes: int) -> RequestRejected:
     return RequestRejected.at(413, ["body"], f"the body is over {max_bytes} bytes", "too_large")
 
 
-def parse_pairs(body: bytes, max_pairs: int) -> list[Pair]:
-    """The pairs of a `ScoreRequest` body; 422 with FastAPI's own ``detail`` shape (``loc`` under
-    ``body``) when it does not parse, or when it holds more than `max_pairs` pairs."""
+def _validated(body: bytes, validate: Callable[[bytes], Parsed]) -> Parsed:
+    """`validate` applied to the body; 422 with FastAPI's own ``detail`` shape (``loc`` under
+    ``body``) when it does not parse."""
     try:
-        parsed = ScoreRequest.model_validate_json(body)
+        return validate(body)
     except ValidationError as exc:
         # No input, context or docs URL: the caller sent the input, and the rest is noise.
         detail = jsonable_encoder(exc.errors(include_url=False, include_context=False, include_input=False))
         for item in detail:
             item["loc"] = ["body", *item["loc"]]
         raise RequestRejected(422, detail) from None
-    if len(parsed.pairs) > max_pairs:
-        raise RequestRejected.at(
-            422, ["body", "pairs"], f"{len(parsed.pairs)} pairs is over the limit of {max_pairs}", "too_many",
-        )
-    return parsed.pairs
 
 
-async def accepted_pairs(request: Request, api_key: str | None, limits: ServiceLimits) -> list[Pair]:
-    """The request's pairs once every check has passed. The order is the caller's: who is
-    asking (401), then how the body is sent (415), then how big (413), then what it says (422);
-    no byte of the body is read for a caller without the key."""
+def check_item_count(count: int, max_pairs: int, loc: list, what: str) -> None:
+    """422 at `loc` when a request brings more than `max_pairs` items (pairs, captions or images)."""
+    if count > max_pairs:
+        raise RequestRejected.at(422, loc, f"{count} {what} is over the limit of {max_pairs}", "too_many")
+
+
+def _model_name_problem(name: str, known: Sequence[str], earlier: Sequence[str]) -> dict | None:
+    """What is wrong with a model name in a request (``msg`` and ``type``), if anything."""
+    if name not in known:
+        return {"msg": f"no model is named {name!r} (known: {', '.join(known)})", "type": "unknown_model"}
+    if name in earlier:
+        return {"msg": f"{name!r} is named twice", "type": "duplicate_model"}
+    return None
+
+
+def check_model_names(names: Sequence[str], known: Sequence[str], loc: list) -> None:
+    """422 naming each name (at ``loc + [position]``) that the app does not serve or that comes
+    twice, with the names it does serve."""
+    detail = [{"loc": [*loc, position], **problem} for position, name in enumerate(names)
+              if (problem := _model_name_problem(name, known, names[:position]))]
+    if detail:
+        raise RequestRejected(422, detail)
+
+
+def parse_score_request(body: bytes, max_pairs: int, known_models: Sequence[str]) -> ScoreRequest:
+    """A `ScoreRequest` with at most `max_pairs` pairs, naming only `known_models`; else 422."""
+    parsed = _validated(body, ScoreRequest.model_validate_json)
+    check_item_count(len(parsed.pairs), max_pairs, ["body", "pairs"], "pairs")
+    if parsed.models is not None:
+        check_model_names(parsed.models, known_models, ["body", "models"])
+    return parsed
+
+
+def parse_rank_request(body: bytes, max_pairs: int,
+                       known_models: Sequence[str]) -> RankCaptionsRequest | RankImagesRequest:
+    """A rank request (one image and captions, or one caption and images) with at most
+    `max_pairs` items to rank, naming a model among `known_models` if any; else 422. A
+    ``loc`` names the form as pydantic's own 422s do (``["body", "rank_captions", "captions"]``)."""
+    parsed = _validated(body, RANK_REQUEST.validate_json)
+    field = parsed.items_field
+    check_item_count(len(getattr(parsed, field)), max_pairs, ["body", parsed.tag, field], field)
+    problem = None if parsed.model is None else _model_name_problem(parsed.model, known_models, ())
+    if problem:
+        raise RequestRejected(422, [{"loc": ["body", parsed.tag, "model"], **problem}])
+    return parsed
+
+
+async def accepted_request(request: Request, api_key: str | None, limits: ServiceLimits,
+                           parse: Callable[[bytes], Parsed]) -> Parsed:
+    """The request's body, parsed by `parse`, once every check has passed. The order is the
+    caller's: who is asking (401), then how the body is sent (415), then how big (413), then
+    what it says (422, `parse`'s); no byte of the body is read for a caller without the key."""
     check_api_key(request.headers, api_key)
     check_content_type(request.headers)
-    return parse_pairs(await read_body(request, limits.max_body_bytes), limits.max_pairs)
+    return parse(await read_body(request, limits.max_body_bytes))
 
 
 def rejection_response(rejected: RequestRejected) -> JSONResponse:

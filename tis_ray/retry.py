@@ -27,7 +27,7 @@ def read_previous_output(previous: OutputFile, input_schema: pa.Schema,
             numbers = {results.of(kind, model): pa.float64() for model in results.models or (None,)
                        for kind in (SIMILARITY, COSINE, PROBABILITY)}
             flags = {results.of(CAPTION_TRUNCATED, model): pa.bool_() for model in results.models or (None,)}
-            types = {**dict(zip(input_schema.names, input_schema.types)), **numbers, **flags,
+            types = {**dict(zip(input_schema.names, input_schema.types, strict=True)), **numbers, **flags,
                      results.error: pa.string()}
             with previous.filesystem.open_input_stream(previous.inner) as stream:
                 table = pacsv.read_csv(

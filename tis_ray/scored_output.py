@@ -145,7 +145,7 @@ def _model_name(column: str) -> str:
     return column[len(SCORE_COLUMN) + 1:] if column != SCORE_COLUMN else SCORE_COLUMN
 
 
-def parse_fraction(text: str, what: str, low: Fraction, high: Fraction) -> Fraction:
+def parse_fraction(text: str, what: str, low: Fraction | int, high: Fraction | int) -> Fraction:
     """A decimal number given on the command line, exactly (``"30%"`` reads as 30); InputError if out of range."""
     try:
         value = Fraction(text.strip().removesuffix("%"))

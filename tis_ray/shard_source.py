@@ -4,8 +4,8 @@ Ray Data's own `read_webdataset` (2.60) was read and not used as it is: it reads
 every entry whole (no byte cap), its default decoder turns each JPEG into a full-size
 array in the read task, 512 samples to a pandas block (``decoder=None`` avoids that),
 and a shard cut short (tarfile's ``ReadError``), a key that comes back later or a
-repeated entry raise, failing the whole job where only one sample is bad. What it does well is kept by subclassing the same
-`FileBasedDatasource` it is built on: shards in the order given (one read task per
+repeated entry raise, failing the whole job where only one sample is bad. What it does
+well is kept by subclassing the same `FileBasedDatasource` it is built on: shards in the order given (one read task per
 shard), streamed from local disk or an object store with Ray's retries on transient
 I/O errors, each read task handing on blocks of `ROWS_PER_BLOCK` samples as it goes,
 so a 10 GB set of shards is never held whole. Samples are read by `tar_samples`.

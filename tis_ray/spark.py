@@ -28,11 +28,14 @@ require("pyspark", "spark", "tis_ray.spark")
 from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType  # noqa: E402
 
-from .columns import RUNTIME, TRUNCATED  # noqa: E402
-from .config import DEFAULT_MODEL, FetchConfig, ModelConfig, PipelineConfig  # noqa: E402
+from .columns import (  # noqa: E402
+    RUNTIME,
+    TRUNCATED,
+    ResultColumns,  # noqa: E402
+)
+from .config import DEFAULT_MODEL, Device, DType, FetchConfig, ModelConfig, PipelineConfig  # noqa: E402
 from .loading import load_preprocess_spec  # noqa: E402
 from .preprocess import PreprocessSpec  # noqa: E402
-from .records import ResultColumns  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +57,9 @@ def with_scores(
     *,
     image_column: str = "image_url",
     caption_column: str = "caption",
-    model: str = DEFAULT_MODEL,
-    device: str = "auto",
-    dtype: str = "auto",
+    model: str | ModelConfig = DEFAULT_MODEL,
+    device: Device | None = None,
+    dtype: DType | None = None,
     with_cosine: bool = False,
     fetch: FetchConfig | None = None,
     batch_size: int = PipelineConfig.batch_size,
@@ -74,9 +77,9 @@ def with_scores(
     clashing = [c for c in ResultColumns().names if c in df.columns]
     if clashing:
         raise ValueError(f"the DataFrame already has a {clashing[0]!r} column; rename or drop it first")
-    job = _Job(image_column, caption_column, os.getcwd(), load_preprocess_spec(model),
-               ModelConfig(model=model, device=device, dtype=dtype), fetch or FetchConfig(), with_cosine,
-               batch_size)
+    model_config = ModelConfig.of(model, device=device, dtype=dtype)
+    job = _Job(image_column, caption_column, os.getcwd(), load_preprocess_spec(model_config.model), model_config,
+               fetch or FetchConfig(), with_cosine, batch_size)
     results = [StructField("similarity", DoubleType())]
     if with_cosine:
         results.append(StructField("cosine", DoubleType()))

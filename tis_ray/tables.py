@@ -110,7 +110,7 @@ def csv_read_options(schema: pa.Schema) -> tuple[pacsv.ParseOptions, pacsv.Conve
     return (
         pacsv.ParseOptions(newlines_in_values=True),
         pacsv.ConvertOptions(
-            column_types=dict(zip(schema.names, schema.types)),
+            column_types=dict(zip(schema.names, schema.types, strict=True)),
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),

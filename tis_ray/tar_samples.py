@@ -116,7 +116,9 @@ def read_samples(stream: IO[bytes], layout: SampleLayout) -> Iterator[Sample]:
             if member.size > layout.max_bytes:
                 current.too_large[extension] = member.size  # skipped unread
                 continue
-            current.data[extension] = tar.extractfile(member).read()
+            entry = tar.extractfile(member)
+            assert entry is not None  # a regular file (isreg above) always has one
+            current.data[extension] = entry.read()
     except (tarfile.TarError, EOFError) as exc:
         # The stream ended inside an entry or a header: the sample being read is incomplete.
         detail = f"the shard is cut short in or after this sample ({exc})"
@@ -138,7 +140,8 @@ def _sample(entries: _Entries, layout: SampleLayout) -> Sample:
         sample.error = sample.error or _too_large(layout.caption_entry, entries)
     image = next((e for e in layout.image_entries if entries.has(e)), None)
     if image is None:
-        sample.error = sample.error or str(RowError(MISSING_IMAGE, f"the sample has no {_one_of(layout.image_entries)} entry"))
+        missing = RowError(MISSING_IMAGE, f"the sample has no {_one_of(layout.image_entries)} entry")
+        sample.error = sample.error or str(missing)
     elif image in entries.too_large:
         sample.error = sample.error or _too_large(image, entries)
     else:

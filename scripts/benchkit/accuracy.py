@@ -54,7 +54,7 @@ def run(workload, model: str, workload_pairs: int) -> list[dict]:
     spec = scorers["float32"].preprocess
 
     def similarity(images: list[bytes], captions: list[str], dtype: str, reduced: bool) -> np.ndarray:
-        pixels = np.stack([bytes_to_pixels(data, (spec,), 10**9, reduced)[0] for data in images])
+        pixels = np.stack([bytes_to_pixels(data, spec, 10**9, reduced) for data in images])
         cosine = np.concatenate([
             scorers[dtype].score(pixels[i : i + 64], captions[i : i + 64]).cosine for i in range(0, len(captions), 64)
         ])

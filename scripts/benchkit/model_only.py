@@ -23,7 +23,7 @@ def run(workload, model: str, dtype: str, batch_size: int) -> dict:
     scorer = ClipScorer(ModelConfig(model=model, device="auto", dtype=dtype))
     names = list(dict.fromkeys(workload.names))[:PREPARED_IMAGES]
     images = np.stack([
-        bytes_to_pixels((workload.image_dir / name).read_bytes(), (scorer.preprocess,), 10**9)[0] for name in names
+        bytes_to_pixels((workload.image_dir / name).read_bytes(), scorer.preprocess, 10**9) for name in names
     ])
     captions = workload.captions
     scorer.embed_images(images[:2])  # first call allocates; not part of the steady state
