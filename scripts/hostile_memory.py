@@ -50,7 +50,7 @@ async def prepare_all(data: bytes, count: int, max_pixels: int, model: str) -> d
     from tis_ray.loading import load_preprocess_spec
     from tis_ray.prepare import ImagePreparer
 
-    preparer = ImagePreparer(FetchConfig(max_pixels=max_pixels), load_preprocess_spec(model))
+    preparer = ImagePreparer(FetchConfig(max_pixels=max_pixels), (load_preprocess_spec(model),))
     before = resident_mib()
     reset_peak()
     outcomes = await asyncio.gather(*(preparer.from_bytes(data) for _ in range(count)), return_exceptions=True)

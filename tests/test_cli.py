@@ -179,7 +179,8 @@ def test_thousand_rows_five_percent_bad(tmp_path, image_server, tiny_model, phot
     assert table.column("row").to_pylist() == list(range(1000))
     sims, errors = table.column("similarity").to_pylist(), table.column("error").to_pylist()
     pairs = sorted({pair for _, pair in expected if pair})
-    reference = dict(zip(pairs, reference_similarities(tiny_model, [photos[n] for n, _ in pairs], [c for _, c in pairs])))
+    reference = dict(zip(pairs, reference_similarities(tiny_model, [photos[n] for n, _ in pairs],
+                                                       [c for _, c in pairs])))
     for i, (kind, pair) in enumerate(expected):
         assert error_kind(errors[i]) == kind, (i, rows[i], errors[i])
         if kind is None:

@@ -298,9 +298,9 @@ def test_inline_bytes_are_held_to_the_byte_cap():
     cfg = FetchConfig(max_bytes=len(data) - 1)
 
     async def prepare(cap: FetchConfig):
-        preparer = ImagePreparer(cap, SPEC)
+        preparer = ImagePreparer(cap, (SPEC,))
         try:
-            return await preparer.from_bytes(data)
+            return (await preparer.from_bytes(data))[0]
         except RowError as error:
             return error
         finally:

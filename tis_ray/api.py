@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator
+from typing import TypedDict, Unpack
 
 import numpy as np
 import pyarrow as pa
@@ -74,26 +75,35 @@ def score_dataset(
     return _scored(ds, image_column, caption_column, scoring, fetch, base_dir).drop_columns([TRUNCATED, RUNTIME])
 
 
+class FileJobOptions(TypedDict, total=False):
+    """The keyword arguments `score_file` and `retry_errors` share; `score_file` says what each does."""
+
+    image_column: str | None
+    caption_column: str | None
+    model: Models
+    fetch: FetchConfig | None
+    pipeline: PipelineConfig | None
+    address: str | None
+    progress: bool
+    progress_line: ProgressLine | None
+    prefix: str
+    keep_json_fields: tuple[str, ...]
+
+
 def score_file(
     input_path: str,
     output_path: str,
     *,
-    image_column: str | None = None,
-    caption_column: str | None = None,
-    model: Models = None,
-    fetch: FetchConfig | None = None,
-    pipeline: PipelineConfig | None = None,
-    address: str | None = None,
-    progress: bool = True,
     resume: bool = False,
     checkpoint_every_s: float = 60.0,
-    progress_line: ProgressLine | None = None,
-    prefix: str = "",
-    keep_json_fields: tuple[str, ...] = (),
+    **options: Unpack[FileJobOptions],
 ) -> JobSummary:
     """Score every row of a CSV or Parquet file, or every sample of WebDataset shards, into `output_path`;
     return the counts.
 
+    Options (`FileJobOptions`): `image_column` and `caption_column` name the input's columns
+    (found by name when not given); `model`, `fetch` and `pipeline` set what scores, how images
+    are fetched and how the job is shaped; `address` is the Ray cluster to join.
     `input_path` is a table, or ``.tar`` shards: one, a folder, a glob or brace notation
     (``shards/{00000..00099}.tar``); a shard input's output keeps each sample's
     ``__key__``, its shard (``__url__``) and the json fields in `keep_json_fields`.
@@ -106,13 +116,13 @@ def score_file(
     only what a user can act on (see `ray_session`).
     ``progress_line`` is told of every result batch (rows done of the total, errors by kind).
     """
-    job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix,
-                         keep_json_fields)
+    job = _FileJob.check(input_path, output_path, options)
     summary = JobSummary(model=job.model_description(), error_column=job.results.error)
     identity = job.source.identity(job.settings())
     checkpoint = Checkpoint.open(output_path, identity, resume=resume, every_s=checkpoint_every_s)
     summary.carried_over = checkpoint.rows_done
-    connect(address, verbose=progress)
+    progress, progress_line = options.get("progress", True), options.get("progress_line")
+    connect(options.get("address"), verbose=progress)
     show_progress(progress)
     ds = job.source.read()
     if checkpoint.rows_done:
@@ -136,27 +146,17 @@ def retry_errors(
     input_path: str,
     previous_output: str,
     output_path: str,
-    *,
-    image_column: str | None = None,
-    caption_column: str | None = None,
-    model: Models = None,
-    fetch: FetchConfig | None = None,
-    pipeline: PipelineConfig | None = None,
-    address: str | None = None,
-    progress: bool = True,
-    progress_line: ProgressLine | None = None,
-    prefix: str = "",
-    keep_json_fields: tuple[str, ...] = (),
+    **options: Unpack[FileJobOptions],
 ) -> JobSummary:
     """Score again only the rows of `previous_output` that failed with a retryable kind.
 
     The new results replace those rows in place; every other row is copied as it was.
     ``output_path`` may be `previous_output` itself (it is read whole first). Only a
     fetch can fail in a retryable way: rows whose image the input holds (bytes, shards)
-    never do, so for them the previous output is checked and copied as it is.
+    never do, so for them the previous output is checked and copied as it is. The options are
+    `score_file`'s.
     """
-    job = _FileJob.check(input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix,
-                         keep_json_fields)
+    job = _FileJob.check(input_path, output_path, options)
     summary = JobSummary(model=job.model_description(), error_column=job.results.error)
     previous = read_previous_output(OutputFile.of(previous_output), job.source.schema, job.results)
     # The previous output says whether cosines were written; the new rows match it.
@@ -167,10 +167,11 @@ def retry_errors(
     summary.carried_over = previous.num_rows - len(rows)
     rescored = job.empty_results()
     if rows:
-        connect(address, verbose=progress)
+        progress = options.get("progress", True)
+        connect(options.get("address"), verbose=progress)
         show_progress(progress)
         scored = job.scored(records_from_table(inputs_of(previous, rows, job.results)), len(rows))
-        watched = _watched(scored, progress_line, lambda: len(rows), job.results.error)
+        watched = _watched(scored, options.get("progress_line"), lambda: len(rows), job.results.error)
         rescored = pa.concat_tables([rescored, *watched],
                                     promote_options="permissive")
     carried = previous.filter(pa.array(np.isin(np.arange(previous.num_rows), rows, invert=True)))
@@ -288,12 +289,14 @@ class _FileJob:
     fetch: FetchConfig
 
     @classmethod
-    def check(cls, input_path, output_path, image_column, caption_column, model, fetch, pipeline, prefix="",
-              keep_json_fields=()) -> _FileJob:
-        fetch = fetch or FetchConfig()
-        scoring = _Scoring.named(model, pipeline, prefix)
-        source = check_input(input_path, image_column, caption_column, keep_json_fields, scoring.results,
-                             fetch.max_bytes)
+    def check(cls, input_path: str, output_path: str, options: FileJobOptions) -> _FileJob:
+        # **options takes any name at run time; a misspelt one must not be dropped silently.
+        if unknown := sorted(set(options) - set(FileJobOptions.__annotations__)):
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+        fetch = options.get("fetch") or FetchConfig()
+        scoring = _Scoring.named(options.get("model"), options.get("pipeline"), options.get("prefix", ""))
+        source = check_input(input_path, options.get("image_column"), options.get("caption_column"),
+                             options.get("keep_json_fields", ()), scoring.results, fetch.max_bytes)
         output = check_output_path(output_path)
         check_output_keeps(source, output)
         if scoring.pipeline.with_embeddings and output.format != "parquet":

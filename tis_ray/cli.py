@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tis-ray", description="Score how well captions describe images with CLIP, on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="tis-ray", description="Score how well captions describe images with CLIP or SigLIP, on Ray.")
     parser.add_argument("--version", action="version", version=f"tis-ray {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -56,11 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--keep-json-fields", type=_names, default=(), metavar="F1,F2",
                        help="for shards: the fields of each sample's json entry to keep in the output")
     _add_model_arguments(score, several=True)
-    score.add_argument("--batch-size", type=_positive_int, default=PipelineConfig.batch_size, help="pairs per model call")
+    score.add_argument("--batch-size", type=_positive_int, default=PipelineConfig.batch_size,
+                       help="pairs per model call")
     score.add_argument("--fetch-concurrency", type=_positive_int, default=FetchConfig.max_in_flight,
                        help="requests in flight per fetch actor")
-    score.add_argument("--timeout", type=float, default=FetchConfig.timeout_s, help="seconds per image, retries included")
-    score.add_argument("--retries", type=int, default=FetchConfig.retries, help="retries after connection errors, 429 and 5xx")
+    score.add_argument("--timeout", type=float, default=FetchConfig.timeout_s,
+                       help="seconds per image, retries included")
+    score.add_argument("--retries", type=int, default=FetchConfig.retries,
+                       help="retries after connection errors, 429 and 5xx")
     score.add_argument("--full-decode", action="store_true",
                        help="decode large JPEGs at full size too (by default they decode at 1/2 to 1/8 scale, "
                             "still at least twice the model's input size)")

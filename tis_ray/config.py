@@ -130,6 +130,7 @@ def named_models(models: Models, *, device: Device | None = None, dtype: DType |
     """The job's models, in order, each named: as given, else by the last part of its id or folder
     (``openai/clip-vit-base-patch32`` is ``clip-vit-base-patch32``). `InputError` for a bad or a
     repeated name where names end columns (a named model, or several)."""
+    items: list[tuple[str | None, str | ModelConfig | None]]
     if models is None or isinstance(models, str | ModelConfig):
         items = [(None, models)]
     elif isinstance(models, Mapping):

@@ -57,9 +57,11 @@ class FetchStage:
         # so does a WebDataset sample the reader could not read whole.
         early_errors = [_caption_error(c) for c in batch.column(self.caption_column).to_pylist()]
         if READ_ERROR in batch.column_names:
-            early_errors = [_read_error(r) or e for r, e in zip(batch.column(READ_ERROR).to_pylist(), early_errors)]
-        distinct = list(dict.fromkeys(ref for ref, error in zip(refs, early_errors) if error is None))
-        outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref, base_dir) for ref in distinct))))
+            early_errors = [_read_error(r) or e
+                            for r, e in zip(batch.column(READ_ERROR).to_pylist(), early_errors, strict=True)]
+        distinct = list(dict.fromkeys(ref for ref, error in zip(refs, early_errors, strict=True) if error is None))
+        outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref, base_dir) for ref in distinct)),
+                            strict=True))
         pixels = [np.zeros((len(refs), *spec.output_size, 3), dtype=np.uint8) for spec in self.specs]
         errors: list[str | None] = []
         for row, ref in enumerate(refs):

@@ -52,36 +52,34 @@ class ImagePreparer:
     def __init__(
         self,
         fetch: FetchConfig,
-        spec: PreprocessSpec | tuple[PreprocessSpec, ...],
+        specs: tuple[PreprocessSpec, ...],
         decode_threads: int = 2,
         make_fetcher: Callable[[], ImageFetcher] | None = None,
     ):
-        """`spec`: one spec, and each image comes back as its pixels; or a tuple of specs (one per
-        model), and each image comes back as a tuple of pixels in the same order, from one fetch
-        and one decode (`bytes_to_pixels_per_spec`).
+        """`specs`: one per distinct preprocessing among the models (one for a one-model job);
+        each image comes back as a tuple of pixels in the same order, from one fetch and one
+        decode (`bytes_to_pixels_per_spec`).
 
         `make_fetcher` builds the fetcher on first use, inside the event loop (aiohttp needs it).
         """
         self.fetch = fetch
-        self.specs = (spec,) if isinstance(spec, PreprocessSpec) else tuple(spec)
-        self.one_spec = isinstance(spec, PreprocessSpec)
+        self.specs = specs
         self.make_fetcher = make_fetcher or (lambda: ImageFetcher(fetch))
         self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="tis-decode")
         self.fetcher: ImageFetcher | None = None
 
-    async def from_source(self, source: ImageSource) -> np.ndarray | tuple[np.ndarray, ...]:
+    async def from_source(self, source: ImageSource) -> tuple[np.ndarray, ...]:
         if self.fetcher is None:
             self.fetcher = self.make_fetcher()
         return await self.from_bytes(await self.fetcher.fetch(source))
 
-    async def from_bytes(self, data: bytes) -> np.ndarray | tuple[np.ndarray, ...]:
+    async def from_bytes(self, data: bytes) -> tuple[np.ndarray, ...]:
         """Bytes fetched or given inline (the service's ``image_base64``), held to the same byte cap."""
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(
+        return await loop.run_in_executor(
             self.decoder, bytes_to_pixels_per_spec, within_byte_cap(data, self.fetch.max_bytes), self.specs,
             self.fetch.max_pixels, self.fetch.reduced_decode,
         )
-        return pixels[0] if self.one_spec else pixels
 
     async def close(self) -> None:
         if self.fetcher is not None:

@@ -91,8 +91,8 @@ class ScoreStage:
             # The float64 the pair head gives for the float32 cosine, unrounded: near 0 or 1 the digits matter.
             PROBABILITY: lambda: pa.array(spread("probability", np.float64), mask=missing),
             CAPTION_TRUNCATED: lambda: pa.array(spread("truncated", bool), mask=missing),
-            IMAGE_EMBEDDING: lambda: self._embeddings(scored and scored.image_embeddings, ok, embedding_size),
-            TEXT_EMBEDDING: lambda: self._embeddings(scored and scored.text_embeddings, ok, embedding_size),
+            IMAGE_EMBEDDING: lambda: self._embeddings(scored.image_embeddings if scored else None, ok, embedding_size),
+            TEXT_EMBEDDING: lambda: self._embeddings(scored.text_embeddings if scored else None, ok, embedding_size),
         }
         return {kind: made[kind]() for kind in self.results.kinds}
 

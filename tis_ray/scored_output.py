@@ -104,7 +104,8 @@ class ScoredOutput:
                     parse_options=pacsv.ParseOptions(newlines_in_values=True),
                     # Text as written; an unquoted empty cell (how a missing value is written) is null.
                     convert_options=pacsv.ConvertOptions(
-                        column_types=dict(zip(self.schema().names, self.schema().types)), include_columns=columns,
+                        column_types=dict(zip(self.schema().names, self.schema().types, strict=True)),
+                        include_columns=columns,
                         strings_can_be_null=True, quoted_strings_can_be_null=False),
                 )
                 yield from reader

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import ray
@@ -73,7 +74,7 @@ class Scorer:
         # A crash (a worker killed for memory, a native decoder's fault) costs the call it
         # happened in, not the session: Ray starts the actor again and the model reloads.
         actor_class = ray.remote(WarmScorer).options(num_cpus=0, num_gpus=plan.scorer_gpus, max_restarts=-1)
-        actor = actor_class.remote(self.model, self.fetch, self.spec)
+        actor: Any = actor_class.remote(self.model, self.fetch, self.spec)  # a handle (Ray's stubs say otherwise)
         try:
             self.runtime = ray.get(actor.describe.remote()).runtime  # returns once the model is loaded
         except BaseException:

@@ -28,11 +28,14 @@ require("pyspark", "spark", "tis_ray.spark")
 from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType  # noqa: E402
 
-from .columns import RUNTIME, TRUNCATED  # noqa: E402
+from .columns import (  # noqa: E402
+    RUNTIME,
+    TRUNCATED,
+    ResultColumns,  # noqa: E402
+)
 from .config import DEFAULT_MODEL, Device, DType, FetchConfig, ModelConfig, PipelineConfig  # noqa: E402
 from .loading import load_preprocess_spec  # noqa: E402
 from .preprocess import PreprocessSpec  # noqa: E402
-from .columns import ResultColumns  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,7 +109,7 @@ class JobSummary:
             "seconds_to_first_rows": None if self.first_rows_seconds is None else round(self.first_rows_seconds, 3),
             "steady_pairs_per_second": None if self.steady_pairs_per_second is None else round(
                 self.steady_pairs_per_second, 2),
-            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
 
 

@@ -21,7 +21,7 @@ IN_FLIGHT = 64
 
 def run(urls: list[str], model: str, reduced_decode: bool) -> dict:
     spec = load_preprocess_spec(model)
-    return asyncio.run(_prepare_all(urls, ImagePreparer(FetchConfig(reduced_decode=reduced_decode), spec, 1)))
+    return asyncio.run(_prepare_all(urls, ImagePreparer(FetchConfig(reduced_decode=reduced_decode), (spec,), 1)))
 
 
 async def _prepare_all(urls: list[str], preparer: ImagePreparer) -> dict:

@@ -143,7 +143,7 @@ def alone_s(fault_servers, model) -> dict[str, float]:
     All cases start at once, each timed on its own; the per-host cap is lifted so that no
     case waits in its host's queue, which comes before the deadline by design.
     """
-    preparer = ImagePreparer(replace(FETCH, per_host_limit=len(CASES)), load_preprocess_spec(model.model))
+    preparer = ImagePreparer(replace(FETCH, per_host_limit=len(CASES)), (load_preprocess_spec(model.model),))
 
     async def timed(case: FaultCase) -> float:
         started = time.monotonic()
