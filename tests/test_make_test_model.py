@@ -39,24 +39,27 @@ def load_script():
     return module
 
 
+def build_in_parallel(builds: dict, timeout: float) -> dict:
+    """Run the script once per ``key: (folder, arch, seed)`` at the same time; each run's stdout by key."""
+    procs = {key: subprocess.Popen([sys.executable, str(SCRIPT), str(folder), "--arch", arch, "--seed", str(seed)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for key, (folder, arch, seed) in builds.items()}
+    outputs = {}
+    for key, proc in procs.items():
+        outputs[key], err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err
+    return outputs
+
+
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
     """Three tiny builds (seed 0 twice, seed 1 once), run in parallel to keep the suite fast."""
     root = tmp_path_factory.mktemp("clip")
-    dirs = {name: root / name for name in ("a", "b", "c")}
     seeds = {"a": 0, "b": 0, "c": 1}
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, str(SCRIPT), str(d), "--arch", "tiny", "--seed", str(seeds[name])],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for name, d in dirs.items()
-    }
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+    outputs = build_in_parallel({name: (root / name, "tiny", seed) for name, seed in seeds.items()}, 120)
+    for name, out in outputs.items():
         assert f"wrote tiny CLIP (seed {seeds[name]}" in out
-    return dirs
+    return {name: root / name for name in seeds}
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +158,8 @@ def siglip_builds(tmp_path_factory):
     """Each SigLIP arch built twice with seed 0, in parallel: {(family, "a"|"b"): folder}."""
     root = tmp_path_factory.mktemp("siglip")
     dirs = {(family, copy): root / f"{family}-{copy}" for family in SIGLIP_ARCHS for copy in "ab"}
-    procs = {
-        key: subprocess.Popen([sys.executable, str(SCRIPT), str(d), "--arch", SIGLIP_ARCHS[key[0]], "--seed", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for key, d in dirs.items()
-    }
-    for key, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
+    outputs = build_in_parallel({key: (d, SIGLIP_ARCHS[key[0]], 0) for key, d in dirs.items()}, 300)
+    for key, out in outputs.items():
         assert f"wrote {SIGLIP_ARCHS[key[0]]} SigLIP" in out
     return dirs
 
