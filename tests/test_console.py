@@ -163,7 +163,7 @@ from tis_ray.preprocess import PreprocessSpec
 
 loop = asyncio.new_event_loop()
 threading.Thread(target=loop.run_forever, daemon=True).start()
-stage = FetchStage("image", "caption", {str(PHOTOS)!r}, FetchConfig(), PreprocessSpec())
+stage = FetchStage("image", "caption", {str(PHOTOS)!r}, FetchConfig(), (PreprocessSpec(),))
 batch = pa.table({{"image": ["chelsea.jpg"], "caption": ["a cat"]}})
 asyncio.run_coroutine_threadsafe(stage(batch), loop).result(timeout=60)
 sessions.append(stage.preparer.fetcher.session)

@@ -179,14 +179,14 @@ def test_clip_with_probability_fails_before_any_work(tmp_path, tiny_model, sigli
 def test_resume_is_refused_when_the_model_list_changes(tmp_path, tiny_model, siglip_model):
     source, out = _csv(tmp_path), str(tmp_path / "out.parquet")
     first = {"a": _cpu(tiny_model), "b": _cpu(siglip_model)}
-    job = _FileJob.check(source, out, None, None, first, None, None)
+    job = _FileJob.check(source, out, {"model": first})
     Checkpoint.open(out, job.source.identity(job.settings()), resume=False, every_s=60)  # an interrupted run's
     for changed in ({"a": _cpu(tiny_model)}, {"b": _cpu(siglip_model), "a": _cpu(tiny_model)},
                     {"a": _cpu(tiny_model), "c": _cpu(siglip_model)}):
         with pytest.raises(InputError, match="cannot resume.*models"):
             score_file(source, out, model=changed, resume=True, progress=False)
     # The same list is the same job: its identity matches the checkpoint's.
-    again = _FileJob.check(source, out, None, None, first, None, None)
+    again = _FileJob.check(source, out, {"model": first})
     assert again.source.identity(again.settings()).differences(job.source.identity(job.settings())) == []
 
 
