@@ -175,8 +175,11 @@ def embedding_size(model: str) -> int:
     from its config, so that a job's embedding columns are typed before any model loads."""
     from transformers import AutoConfig
 
-    family = model_family(model)
-    config = AutoConfig.from_pretrained(model)
+    return embedding_size_of(AutoConfig.from_pretrained(model))  # the family was checked with the spec
+
+
+def embedding_size_of(config) -> int:
+    """The embedding length a loaded checkpoint's config gives (see `embedding_size`)."""
     # CLIPModel projects both towers to projection_dim; SiglipModel's image embedding is the
     # vision tower's pooled output (hidden_size), and its text head projects to the same length.
-    return int(config.projection_dim if family == "clip" else config.vision_config.hidden_size)
+    return int(config.projection_dim if config.model_type == "clip" else config.vision_config.hidden_size)

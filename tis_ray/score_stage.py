@@ -27,7 +27,7 @@ from .columns import (
     pixels_column,
 )
 from .config import ModelConfig, NamedModel, PipelineConfig, named_models
-from .loading import embedding_size
+from .loading import embedding_size_of
 from .records import check_caption
 from .scorer import DualEncoderScorer, ScoreBatch, make_scorer, similarity_from_cosine
 
@@ -43,7 +43,8 @@ class ScoreStage:
         self.embedding_dtype = np.dtype(pipeline.embedding_dtype)
         self.results = results
         self.scorers: list[DualEncoderScorer] = [make_scorer(model.config) for model in models]
-        self.embedding_sizes = [embedding_size(model.config.model) for model in models]
+        # From the models just loaded: reading each checkpoint's config again would cost every actor start.
+        self.embedding_sizes = [embedding_size_of(scorer.model.config) for scorer in self.scorers]
         self.runtime = "; ".join(dict.fromkeys(f"{s.device}/{s.dtype_name}" for s in self.scorers))
 
     @classmethod
