@@ -8,6 +8,11 @@ One command, one run, the same generated workload for every contender:
 
     python scripts/bench.py                 # 2,000 pairs at 0 and 100 ms, vit-b-32, 3 rounds
     python scripts/bench.py --quick         # a tiny version of everything (CI runs it)
+    python scripts/bench.py --suite models  # one model, another, both in one pass, embeddings
+    python scripts/bench.py --suite inputs  # the same pairs from loopback URLs and from shards
+
+A suite other than `main` writes a section of its own, from its own run, and leaves
+the main run's section as it is.
 
 Each contender runs in a fresh subprocess (no shared caches, memory measured per
 contender as the summed PSS of its process tree). Results go to a JSON file, to the
@@ -32,6 +37,8 @@ from benchkit.workload import Workload, WorkloadSpec, build
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = ("model_only", "fetch_decode", "baseline", "tis_ray")
+SUITES = ("main", "models", "inputs")
+ARCHS = ("tiny", "vit-b-32", "siglip", "siglip-tiny")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,43 +48,87 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     cache = Path(args.cache_dir)
     model = args.model or build_model(args.arch, cache)
-    sizes = sorted({args.pairs, *args.sweep})
+    sizes = sorted({args.pairs, *args.sweep}) if args.suite == "main" else [args.pairs]
     workload = build(WorkloadSpec(pairs=max(sizes), repeat_share=args.repeat_share), cache)
     results: dict = {"machine": machine(), "settings": settings(args, model), "runs": [], "sweep": [], "levers": [],
-                     "input_kinds": []}
+                     "input_kinds": [], "models": []}
     with tempfile.TemporaryDirectory(prefix="tis-bench-") as tmp:
         work = Path(tmp)
-        for latency in args.latency_ms:
-            with image_server(workload, latency) as base_url:
-                csv = prefix(workload, args.pairs).csv_for(base_url, work / f"pairs-{args.pairs}-{latency}ms.csv")
-                for round_ in range(args.runs):
-                    for name in CONTENDERS:
-                        if name == "model_only" and latency != args.latency_ms[0]:
-                            continue  # no network in (a): measured once per round
-                        result = contender(name, args, model, workload, args.pairs, csv, work)
-                        results["runs"].append({"latency_ms": latency, "round": round_, **result})
-                if latency == args.latency_ms[0]:
-                    for pairs in sizes:
-                        if pairs != args.pairs:
-                            sweep_csv = prefix(workload, pairs).csv_for(base_url, work / f"pairs-{pairs}.csv")
-                            result = contender("tis_ray", args, model, workload, pairs, sweep_csv, work)
-                            results["sweep"].append({"latency_ms": latency, **result})
-                    for name, label, overrides in lever_variants(args):
-                        result = contender(name, args, model, workload, args.pairs, csv, work, **overrides)
-                        results["levers"].append({"lever": label, "latency_ms": latency, **result})
-        shards = prefix(workload, args.pairs).shards_in(work / "shards")
-        for round_ in range(args.runs):  # no network: measured once per round, like (a)
-            result = contender("tis_ray", args, model, workload, args.pairs, None, work, input=shards)
-            results["input_kinds"].append({"input_kind": "webdataset", "round": round_, **result})
-        results["accuracy"] = contender("accuracy", args, model, workload, args.pairs, None, work)["rows"]
+        if args.suite == "main":
+            run_main_suite(args, model, workload, sizes, work, results)
+        elif args.suite == "models":
+            run_models_suite(args, model, build_model(args.second_arch, cache), workload, work, results)
+        else:
+            run_inputs_suite(args, model, workload, work, results)
     results["seconds"] = time.time() - started
     report.write(results, Path(args.out), Path(args.plots))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(without_bulk(results), indent=1))
-    print(report.summary_table(results))
-    print(report.input_kind_table(results))
-    print(f"wrote {args.json}, {args.out}, plots in {args.plots}")
+    print(report.printed_tables(results))
+    print(f"wrote {args.json}, {args.out}" + (f", plots in {args.plots}" if args.suite == "main" else ""))
     return 0
+
+
+def run_main_suite(args, model: str, workload: Workload, sizes: list[int], work: Path, results: dict) -> None:
+    """(a), (b), (c), (d) at each latency; (c) as N grows and with each lever off; (c) from shards; accuracy."""
+    for latency in args.latency_ms:
+        with image_server(workload, latency) as base_url:
+            csv = prefix(workload, args.pairs).csv_for(base_url, work / f"pairs-{args.pairs}-{latency}ms.csv")
+            for round_ in range(args.runs):
+                for name in CONTENDERS:
+                    if name == "model_only" and latency != args.latency_ms[0]:
+                        continue  # no network in (a): measured once per round
+                    result = contender(name, args, model, workload, args.pairs, csv, work)
+                    results["runs"].append({"latency_ms": latency, "round": round_, **result})
+            if latency == args.latency_ms[0]:
+                for pairs in sizes:
+                    if pairs != args.pairs:
+                        sweep_csv = prefix(workload, pairs).csv_for(base_url, work / f"pairs-{pairs}.csv")
+                        result = contender("tis_ray", args, model, workload, pairs, sweep_csv, work)
+                        results["sweep"].append({"latency_ms": latency, **result})
+                for name, label, overrides in lever_variants(args):
+                    result = contender(name, args, model, workload, args.pairs, csv, work, **overrides)
+                    results["levers"].append({"lever": label, "latency_ms": latency, **result})
+    run_shards(args, model, workload, work, results)
+    results["accuracy"] = contender("accuracy", args, model, workload, args.pairs, None, work)["rows"]
+
+
+def run_shards(args, model: str, workload: Workload, work: Path, results: dict) -> None:
+    shards = prefix(workload, args.pairs).shards_in(work / "shards")
+    for round_ in range(args.runs):  # no network: measured once per round, like (a)
+        result = contender("tis_ray", args, model, workload, args.pairs, None, work, input=shards)
+        results["input_kinds"].append({"input_kind": "webdataset", "round": round_, **result})
+
+
+def run_inputs_suite(args, model: str, workload: Workload, work: Path, results: dict) -> None:
+    """(c) on the same pairs from loopback URLs (the first latency) and from WebDataset shards, by rounds."""
+    latency = args.latency_ms[0]
+    with image_server(workload, latency) as base_url:
+        csv = prefix(workload, args.pairs).csv_for(base_url, work / f"pairs-{args.pairs}.csv")
+        for round_ in range(args.runs):
+            result = contender("tis_ray", args, model, workload, args.pairs, csv, work)
+            results["runs"].append({"latency_ms": latency, "round": round_, **result})
+    run_shards(args, model, workload, work, results)
+
+
+def run_models_suite(args, first: str, second: str, workload: Workload, work: Path, results: dict) -> None:
+    """Each model alone and both in one pass, (a) and (c), and (c) with embeddings, at the first latency.
+
+    (d) with the first model's preprocessing prices one fetch + decode: two models cost
+    no more than the sum of their (a) times plus that, if decoding once pays off.
+    """
+    both = {"first": first, "second": second}
+    variants = [("model_only", "first", first, {}), ("model_only", "second", second, {}),
+                ("fetch_decode", "first", first, {}),
+                ("tis_ray", "first", first, {}), ("tis_ray", "second", second, {}),
+                ("tis_ray", "first + second", both, {}),
+                ("tis_ray", "first, with embeddings", first, {"with_embeddings": True})]
+    with image_server(workload, args.latency_ms[0]) as base_url:
+        csv = prefix(workload, args.pairs).csv_for(base_url, work / f"pairs-{args.pairs}.csv")
+        for round_ in range(args.runs):
+            for name, label, model, overrides in variants:
+                result = contender(name, args, model, workload, args.pairs, csv, work, **overrides)
+                results["models"].append({"variant": label, "round": round_, **result})
 
 
 def positive_int(text: str) -> int:
@@ -99,7 +150,11 @@ def parse_args(argv):
     parser.add_argument("--runs", type=positive_int, default=3,
                         help="rounds of the main comparison (medians are quoted)")
     parser.add_argument("--model", help="CLIP checkpoint folder (default: build --arch with make_test_model.py)")
-    parser.add_argument("--arch", default="vit-b-32", choices=("tiny", "vit-b-32"))
+    parser.add_argument("--suite", default="main", choices=SUITES,
+                        help="main: (a)-(d) as above; models: several models and embeddings; inputs: URLs vs shards")
+    parser.add_argument("--arch", default="vit-b-32", choices=ARCHS)
+    parser.add_argument("--second-arch", default="siglip", choices=ARCHS,
+                        help="the second model of --suite models (SigLIP base, patch 16, 224)")
     parser.add_argument("--dtype", default="auto", help="dtype for (a) and (c); (b) is float32 by definition")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="pairs per model call in (a) and (c)")
     parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=True,
@@ -114,6 +169,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.quick:
         args.arch, args.pairs, args.latency_ms, args.sweep, args.runs = "tiny", 48, [0, 20], [96], 1
+        args.second_arch = "siglip-tiny"
         args.accuracy_pairs = 16
     return args
 
@@ -162,7 +218,7 @@ def run_contender(job: dict) -> int:
     elif job["name"] == "tis_ray":
         from benchkit import pipeline_run
         result = pipeline_run.run(job.get("input") or job["csv"], Path(job["work"]), job["model"], job["dtype"],
-                                  job["batch_size"], job["reduced_decode"])
+                                  job["batch_size"], job["reduced_decode"], job.get("with_embeddings", False))
     else:
         from benchkit import accuracy
         result = {"rows": accuracy.run(workload, job["model"], job["accuracy_pairs"])}
@@ -172,7 +228,7 @@ def run_contender(job: dict) -> int:
 
 def without_bulk(results: dict) -> dict:
     """Per-row cosines only where the report compares them (round 1); the rest would be megabytes."""
-    for result in results["runs"] + results["sweep"] + results["levers"] + results["input_kinds"]:
+    for result in results["runs"] + results["sweep"] + results["levers"] + results["input_kinds"] + results["models"]:
         if result.get("round") != 0:
             result.pop("cosine", None)
     return results
@@ -228,7 +284,8 @@ def machine() -> dict:
 
 
 def settings(args, model: str) -> dict:
-    return {"pairs": args.pairs, "latency_ms": args.latency_ms, "sweep": args.sweep, "runs": args.runs,
+    return {"suite": args.suite, "second_arch": args.second_arch if args.suite == "models" else None,
+            "pairs": args.pairs, "latency_ms": args.latency_ms, "sweep": args.sweep, "runs": args.runs,
             "repeat_share": args.repeat_share, "arch": args.arch if not args.model else None, "model": model,
             "dtype": args.dtype, "batch_size": args.batch_size, "quick": args.quick}
 

@@ -14,13 +14,13 @@ import torch
 
 from tis_ray.config import ModelConfig
 from tis_ray.prepare import bytes_to_pixels
-from tis_ray.scorer import ClipScorer
+from tis_ray.scorer import make_scorer
 
 PREPARED_IMAGES = 64
 
 
 def run(workload, model: str, dtype: str, batch_size: int) -> dict:
-    scorer = ClipScorer(ModelConfig(model=model, device="auto", dtype=dtype))
+    scorer = make_scorer(ModelConfig(model=model, device="auto", dtype=dtype))
     names = list(dict.fromkeys(workload.names))[:PREPARED_IMAGES]
     images = np.stack([
         bytes_to_pixels((workload.image_dir / name).read_bytes(), scorer.preprocess, 10**9) for name in names

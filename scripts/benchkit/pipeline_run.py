@@ -16,7 +16,10 @@ from tis_ray.api import connect, score_file
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 
 
-def run(input_path: str | Path, out_dir: Path, model: str, dtype: str, batch_size: int, reduced_decode: bool) -> dict:
+def run(input_path: str | Path, out_dir: Path, model: str | dict[str, str], dtype: str, batch_size: int,
+        reduced_decode: bool, with_embeddings: bool = False) -> dict:
+    """`model`: a checkpoint folder, or several by name (scored in one pass; no per-row cosines
+    are returned for those, only the counts and times)."""
     input_path = str(input_path)  # a CSV, or a brace pattern of shards
     started = time.perf_counter()
     connect("local")
@@ -25,16 +28,17 @@ def run(input_path: str | Path, out_dir: Path, model: str, dtype: str, batch_siz
     started = time.perf_counter()
     summary = score_file(
         input_path, str(output),
-        model=ModelConfig(model=model, dtype=dtype),
+        model=({name: ModelConfig(model=path, dtype=dtype) for name, path in model.items()}
+               if isinstance(model, dict) else ModelConfig(model=model, dtype=dtype)),
         fetch=FetchConfig(reduced_decode=reduced_decode),
-        pipeline=PipelineConfig(batch_size=batch_size, with_cosine=True),
+        pipeline=PipelineConfig(batch_size=batch_size, with_cosine=True, with_embeddings=with_embeddings),
         progress=False,
     )
     seconds = time.perf_counter() - started
-    table = pq.read_table(output, columns=["cosine", "error"])
+    cosine = None if isinstance(model, dict) else pq.read_table(output, columns=["cosine"]).column("cosine")
     return {
         "pairs": summary.rows, "seconds": seconds, "ray_start_seconds": ray_start,
         "seconds_to_first_rows": summary.first_rows_seconds, "steady_pairs_per_second": summary.steady_pairs_per_second,
         "runtime": ", ".join(sorted(summary.runtimes)), "scored": summary.scored,
-        "errors": dict(summary.errors), "cosine": table.column("cosine").to_pylist(),
+        "errors": dict(summary.errors), "cosine": cosine.to_pylist() if cosine is not None else None,
     }
