@@ -10,6 +10,7 @@ One command, one run, the same generated workload for every contender:
     python scripts/bench.py --quick         # a tiny version of everything (CI runs it)
     python scripts/bench.py --suite models  # one model, another, both in one pass, embeddings
     python scripts/bench.py --suite inputs  # the same pairs from loopback URLs and from shards
+    python scripts/bench.py --suite serve   # one `tis-ray serve` replica at 1 to 64 clients
 
 A suite other than `main` writes a section of its own, from its own run, and leaves
 the main run's section as it is.
@@ -37,7 +38,7 @@ from benchkit.workload import Workload, WorkloadSpec, build
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = ("model_only", "fetch_decode", "baseline", "tis_ray")
-SUITES = ("main", "models", "inputs")
+SUITES = ("main", "models", "inputs", "serve")
 ARCHS = ("tiny", "vit-b-32", "siglip", "siglip-tiny")
 
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             run_main_suite(args, model, workload, sizes, work, results)
         elif args.suite == "models":
             run_models_suite(args, model, build_model(args.second_arch, cache), workload, work, results)
+        elif args.suite == "serve":
+            run_serve_suite(args, model, workload, work, results)
         else:
             run_inputs_suite(args, model, workload, work, results)
     results["seconds"] = time.time() - started
@@ -131,6 +134,30 @@ def run_models_suite(args, first: str, second: str, workload: Workload, work: Pa
                 results["models"].append({"variant": label, "round": round_, **result})
 
 
+def run_serve_suite(args, model: str, workload: Workload, work: Path, results: dict) -> None:
+    """(a) at the service's batch size, then one replica of `tis-ray serve` under 1 to 64 clients."""
+    from benchkit import serve_load
+
+    from tis_ray.config import SERVE_MAX_BATCH_SIZE
+
+    results["settings"]["batch_size"] = SERVE_MAX_BATCH_SIZE
+    args.batch_size = SERVE_MAX_BATCH_SIZE
+    pairs = prefix(workload, args.pairs)
+    results["runs"].append({"latency_ms": 0, "round": 0,
+                            **contender("model_only", args, model, workload, args.pairs, None, work)})
+    with image_server(workload, args.latency_ms[0]) as first, image_server(workload, args.latency_ms[-1]) as last:
+        servers = {args.latency_ms[0]: first, args.latency_ms[-1]: last}
+        results["serve"] = serve_load.run(pairs, model, args.dtype, servers, free_port(), work / "serve.log")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -151,7 +178,8 @@ def parse_args(argv):
                         help="rounds of the main comparison (medians are quoted)")
     parser.add_argument("--model", help="CLIP checkpoint folder (default: build --arch with make_test_model.py)")
     parser.add_argument("--suite", default="main", choices=SUITES,
-                        help="main: (a)-(d) as above; models: several models and embeddings; inputs: URLs vs shards")
+                        help="main: (a)-(d) as above; models: several models and embeddings; inputs: URLs vs shards; "
+                             "serve: the service under load")
     parser.add_argument("--arch", default="vit-b-32", choices=ARCHS)
     parser.add_argument("--second-arch", default="siglip", choices=ARCHS,
                         help="the second model of --suite models (SigLIP base, patch 16, 224)")

@@ -57,3 +57,19 @@ def test_the_inputs_suite_compares_urls_and_shards_from_its_own_run(tmp_path):
     text = report.input_kind_table(_results("inputs", runs=urls, input_kinds=shards))
     assert "| URLs on 127.0.0.1 (0 ms) | 8.0 | 11.0 |" in text  # medians: 100 / 12.5 s, and 11.0
     assert "| WebDataset shards (.tar) | 20.0 | 20.0 |" in text
+
+
+def test_the_service_table_gives_rates_percentiles_and_the_share_of_model_speed(tmp_path):
+    # (a): 64 pairs in 2 s = 32 pairs/s. 128 requests in 8 s, 120 of them scored: 16 requests/s, 15 pairs/s.
+    levels = [{"mode": "url 0 ms", "clients": 32, "requests": 128, "ok": 120, "seconds": 8.0,
+               "p50_ms": 900.4, "p95_ms": 1500.0, "p99_ms": 2100.6}]
+    results = _results("serve", runs=[_run("model_only", "", 64, 2.0)],
+                       serve={"levels": levels, "memory": {"driver_mb": 1.0, "ray_mb": 2.0, "total_mb": 3.0}})
+    results["settings"]["batch_size"] = 32
+    text = report.serve_table(results)
+    assert "| url 0 ms | 32 | 128 | 16.0 | 15.0 | 900 | 1500 | 2101 | **0.47** |" in text
+    assert "(a) model only at the service's batch size (32): 32.0 pairs/s" in text
+    out = tmp_path / "benchmarks.md"
+    report.write(results, out, tmp_path / "images")
+    assert "![service pairs/s and p99 latency against clients](images/serve-latency.png)" in out.read_text()
+    assert (tmp_path / "images" / "serve-latency.png").stat().st_size > 1000
