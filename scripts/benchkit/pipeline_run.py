@@ -16,7 +16,9 @@ from tis_ray.api import connect, score_file
 from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 
 
-def run(input_path: str | Path, out_dir: Path, model: str, dtype: str, batch_size: int, reduced_decode: bool) -> dict:
+def run(input_path: str | Path, out_dir: Path, model: str, dtype: str, batch_size: int, reduced_decode: bool,
+        fetch_actors: int | None = None, scorer_actors: int | None = None) -> dict:
+    """`fetch_actors` and `scorer_actors`: the pool sizes, where the caller sets them (None: as tis-ray plans)."""
     input_path = str(input_path)  # a CSV, or a brace pattern of shards
     started = time.perf_counter()
     connect("local")
@@ -27,7 +29,8 @@ def run(input_path: str | Path, out_dir: Path, model: str, dtype: str, batch_siz
         input_path, str(output),
         model=ModelConfig(model=model, dtype=dtype),
         fetch=FetchConfig(reduced_decode=reduced_decode),
-        pipeline=PipelineConfig(batch_size=batch_size, with_cosine=True),
+        pipeline=PipelineConfig(batch_size=batch_size, with_cosine=True, fetch_actors=fetch_actors,
+                                scorer_actors=scorer_actors),
         progress=False,
     )
     seconds = time.perf_counter() - started
