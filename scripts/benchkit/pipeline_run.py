@@ -17,9 +17,11 @@ from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 
 
 def run(input_path: str | Path, out_dir: Path, model: str | dict[str, str], dtype: str, batch_size: int,
-        reduced_decode: bool, with_embeddings: bool = False) -> dict:
+        reduced_decode: bool, with_embeddings: bool = False, fetch_actors: int | None = None,
+        scorer_actors: int | None = None) -> dict:
     """`model`: a checkpoint folder, or several by name (scored in one pass; no per-row cosines
-    are returned for those, only the counts and times)."""
+    are returned for those, only the counts and times). `fetch_actors` and `scorer_actors`: the
+    pool sizes, where the caller sets them (None: as tis-ray plans)."""
     input_path = str(input_path)  # a CSV, or a brace pattern of shards
     started = time.perf_counter()
     connect("local")
@@ -31,7 +33,8 @@ def run(input_path: str | Path, out_dir: Path, model: str | dict[str, str], dtyp
         model=({name: ModelConfig(model=path, dtype=dtype) for name, path in model.items()}
                if isinstance(model, dict) else ModelConfig(model=model, dtype=dtype)),
         fetch=FetchConfig(reduced_decode=reduced_decode),
-        pipeline=PipelineConfig(batch_size=batch_size, with_cosine=True, with_embeddings=with_embeddings),
+        pipeline=PipelineConfig(batch_size=batch_size, with_cosine=True, with_embeddings=with_embeddings,
+                                fetch_actors=fetch_actors, scorer_actors=scorer_actors),
         progress=False,
     )
     seconds = time.perf_counter() - started

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import random
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
@@ -98,7 +99,8 @@ def build(spec: WorkloadSpec, cache_dir: Path) -> Workload:
     distinct = [f"{i:06d}.jpg" for i in range(spec.distinct_images)]
     missing = [i for i, name in enumerate(distinct) if not (image_dir / name).exists()]
     if missing:
-        with ProcessPoolExecutor(2) as pool:
+        # Every core: an image takes ~0.14 s of one core (measured on the 2-vCPU dev machine).
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
             list(pool.map(_write_image, [(image_dir, spec.seed, i) for i in missing], chunksize=16))
     names = distinct + [rng.choice(distinct) for _ in range(spec.pairs - len(distinct))]
     rng.shuffle(names)
