@@ -18,10 +18,12 @@ from tis_ray.pipeline import (
     input_blocks,
 )
 from tis_ray.pool_sizing import (
+    decode_threads,
     gpu_wait_message,
     launcher_capacity,
     plan_pools,
     reachable_resources,
+    serve_replica_gpus,
 )
 from tis_ray.tables import TableFile
 
@@ -42,6 +44,38 @@ def test_cpu_only_cluster_gets_one_cpu_scorer_and_keeps_a_core_for_it():
     assert (plan.scorer_actors, plan.scorer_gpus) == (1, 0.0)
     assert plan.scorer_cpus < 1  # fits beside a fetch actor on a 2-core laptop
     assert plan.fetch_actors == 4
+
+
+# cluster -> fetch actors, and the CPUs each reserves, and its decode threads
+@pytest.mark.parametrize(("resources", "fetchers", "cpus_each", "threads"), [
+    # A 2-core laptop: the file listing (1), the CPU scorer (0.5) and a fetch actor must fit at
+    # once; a 1-CPU fetch actor would not (2.5 > 2, and the job would wait forever).
+    ({"CPU": 2}, 1, 0.5, 1),
+    # 4 cores: 1 + 0.5 + 1 fits; one core is kept for the CPU scorer and 3 one-core actors take the rest.
+    ({"CPU": 4}, 3, 1.0, 1),
+    ({"CPU": 8}, 3, 2.0, 2),  # 7 cores after the scorer's: 3 two-core actors
+    # One g5.xlarge (4 vCPU, 1 GPU): the scorer's 1 and the listing's 1 leave 2, room for one
+    # two-core actor only; three one-core actors use the 3 the scorer leaves.
+    ({"CPU": 4, "GPU": 1}, 3, 1.0, 1),
+    ({"CPU": 16, "GPU": 1}, 7, 2.0, 2),  # a 16-core GPU node: 7 x 2 + the scorer's 1 = 15 of 16
+    ({"CPU": 64, "GPU": 8}, 28, 2.0, 2),  # 8 scorers hold 8: (64 - 8) / 2
+])
+def test_fetch_actors_reserve_the_cores_their_decode_threads_use(resources, fetchers, cpus_each, threads):
+    plan = plan_pools(AUTO, DEFAULTS, resources)
+    assert (plan.fetch_actors, plan.fetch_cpus, decode_threads(plan.fetch_cpus)) == (fetchers, cpus_each, threads)
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2, 8])
+@pytest.mark.parametrize("cpus", range(3, 100))
+def test_what_fetch_actors_reserve_fits_beside_the_scorers_and_the_file_listing(cpus, gpus):
+    plan = plan_pools(AUTO, DEFAULTS, {"CPU": cpus, "GPU": gpus})
+    scorers = plan.scorer_actors * plan.scorer_cpus
+    scorers_share = scorers if gpus else 1  # a CPU scorer reserves half a core and is given a whole one
+    if cpus - scorers_share >= 1:  # else the one fetch actor a job needs waits for the autoscaler
+        assert plan.fetch_actors * plan.fetch_cpus + scorers_share <= cpus
+    if cpus >= 1 + scorers + 0.5:  # room for the listing task (1 CPU) and the smallest fetch actor
+        assert 1 + plan.fetch_cpus + scorers <= cpus  # the job's first moments fit: no wait forever
+    assert plan.fetch_cpus in (0.5, 1, 2) and decode_threads(plan.fetch_cpus) == max(1, plan.fetch_cpus)
 
 
 @pytest.mark.parametrize("cpus", [0, 1, 2])
@@ -120,6 +154,21 @@ def test_reachable_resources_take_the_most_of_now_and_each_known_capacity():
     assert reachable_resources(now, {"CPU": 8, "GPU": 4}, None, {"GPU": 2, "TPU": 8}) == {
         "CPU": 16, "GPU": 4, "memory": 5e10, "TPU": 8}
     assert reachable_resources(now, {"GPU": sys.maxsize}) == now  # unlimited: plan for what is up
+
+
+@pytest.mark.parametrize(("device", "cluster_gpus", "per_replica", "reserved"), [
+    ("cuda", 0, 1.0, 1.0),  # the autoscaler adds the GPU node the replica waits for
+    ("cuda", 4, 0.5, 0.5),  # two replicas share each GPU
+    ("auto", 2, 1.0, 1.0),
+    ("auto", 0, 1.0, 0.0),  # a CPU-only cluster: auto is the CPU
+    ("cpu", 8, 1.0, 0.0),
+])
+def test_a_serve_replica_on_cuda_reserves_its_gpu(device, cluster_gpus, per_replica, reserved):
+    assert serve_replica_gpus(device, cluster_gpus, per_replica) == reserved
+
+
+def test_decode_threads_are_one_per_whole_cpu_reserved_and_at_least_one():
+    assert [decode_threads(cpus) for cpus in (0, 0.25, 0.5, 1, 1.5, 2, 4)] == [1, 1, 1, 1, 1, 2, 4]
 
 
 def test_user_sizes_win():

@@ -8,6 +8,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -15,7 +17,7 @@ import urllib.request
 
 import aiohttp
 import pytest
-from conftest import PHOTOS, free_port
+from conftest import PHOTOS, free_port, loopback_ray_env
 from loopback import RawServer
 from PIL import Image
 
@@ -403,3 +405,26 @@ def test_a_new_user_config_applies_to_the_running_app(service, tiny_model, image
     info = call(f"{service}/open/v1/model")[1]
     assert (info["max_batch_size"], info["batch_wait_ms"]) == (16, 50.0)
     assert timed_score() < 1.4
+
+
+# A replica's decode threads come from the CPUs Ray reserved for it: read, as a replica reads
+# them, in actors given 0.5 and 2 CPUs (a Ray of its own with 2 free CPUs, so neither waits).
+RESERVED_CPUS_PROBE = """
+import ray
+from tis_ray.serve import replica_decode_threads
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+class Replica:  # an actor, as a Serve replica is
+    def threads(self):
+        return replica_decode_threads()
+for cpus in (0.5, 2):
+    replica = ray.remote(num_cpus=cpus)(Replica).remote()
+    print(cpus, ray.get(replica.threads.remote()))
+    ray.kill(replica)
+"""
+
+
+def test_a_replicas_decode_threads_follow_the_cpus_it_reserves():
+    ran = subprocess.run([sys.executable, "-c", RESERVED_CPUS_PROBE], env=loopback_ray_env(),
+                         capture_output=True, text=True, timeout=240)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["0.5", "1", "2", "2"]  # at least one thread; one per whole CPU

@@ -13,11 +13,13 @@ from conftest import REPO
 from pydantic import ValidationError
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
+from tis_ray.cli import build_parser
 from tis_ray.config import DEFAULT_MODEL, SERVE_MAX_PIXELS, FetchConfig
 from tis_ray.errors import RowError
 from tis_ray.netguard import DEFAULT_PORTS
+from tis_ray.pool_sizing import serve_replica_gpus
 from tis_ray.request_checks import ServiceLimits
-from tis_ray.serve import ScoringService, ServedModel, build_app
+from tis_ray.serve import ScoringService, ServedModel, build_app, service_deployment
 
 
 def _shipped_app_configs() -> dict[str, dict]:
@@ -132,3 +134,26 @@ def test_a_bad_model_entry_is_refused_naming_its_field(served, loc):
         built_with({"models": [served]})
     assert [error["loc"] for error in caught.value.errors()] == [loc]
 
+
+
+# `tis-ray serve --device D --gpus-per-replica G` on a cluster with some GPUs -> what each replica reserves
+@pytest.mark.parametrize(("flags", "cluster_gpus", "num_gpus"), [
+    (["--device", "cuda"], 0, 1.0),
+    (["--device", "cuda", "--gpus-per-replica", "0.5"], 1, 0.5),
+    ([], 4, 1.0),  # auto, on a cluster with GPUs: the replica runs on one
+    ([], 0, 0.0),
+    (["--device", "cpu", "--gpus-per-replica", "0.25"], 8, 0.0),
+])
+def test_tis_ray_serve_reserves_the_gpu_its_replica_runs_on(flags, cluster_gpus, num_gpus):
+    args = build_parser().parse_args(["serve", *flags])
+    batching = {"max_batch_size": 8, "batch_wait_ms": 5.0}
+    deployment = service_deployment(batching, serve_replica_gpus(args.device, cluster_gpus, args.gpus_per_replica))
+    assert deployment.ray_actor_options["num_gpus"] == num_gpus
+    assert deployment.user_config == batching
+
+
+@pytest.mark.parametrize("share", ["0", "-1", "1.5", "two"])
+def test_gpus_per_replica_is_a_share_of_one_gpu(share, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--gpus-per-replica", share])
+    assert "--gpus-per-replica" in capsys.readouterr().err

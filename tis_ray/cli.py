@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-size", type=_positive_int, default=SERVE_MAX_BATCH_SIZE,
                        help="pairs per model call, across requests")
     serve.add_argument("--batch-wait-ms", type=float, default=SERVE_BATCH_WAIT_MS, help="longest wait to fill a batch")
+    serve.add_argument("--gpus-per-replica", type=_gpu_share, default=1.0, metavar="G",
+                       help="GPUs the replica reserves when it runs on CUDA (--device cuda, or auto on a cluster "
+                            "with GPUs); 0.5 puts two replicas on one GPU (default: 1)")
     serve.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     serve.set_defaults(run=run_serve)
     return parser
@@ -176,6 +179,13 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {value}")
+    return value
+
+
+def _gpu_share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:  # a replica uses one GPU: more would be reserved and left idle
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, got {value}")
     return value
 
 
@@ -286,17 +296,25 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from None
     load_preprocess_spec(args.model)  # a bad model is one clear line, before Serve starts
     connect(args.address)
-    _serve_in_foreground(service_options, host=args.host, port=args.port,
+    import ray
+
+    from .pipeline import cluster_capacity
+    from .pool_sizing import serve_replica_gpus
+
+    gpus = serve_replica_gpus(args.device, cluster_capacity(ray.cluster_resources()).get("GPU", 0),
+                              args.gpus_per_replica)
+    _serve_in_foreground(service_options, host=args.host, port=args.port, replica_gpus=gpus,
                          user_config={"max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms})
     return 0
 
 
-def _serve_in_foreground(service_options: dict, *, host: str, port: int, user_config: dict) -> None:
+def _serve_in_foreground(service_options: dict, *, host: str, port: int, replica_gpus: float,
+                         user_config: dict) -> None:
     """Serve on host:port until Ctrl-C or SIGTERM (even during start-up), then shut Serve down."""
 
     from ray import serve
 
-    from .serve import ScoringService
+    from .serve import service_deployment
 
     def stop(signum, frame) -> None:  # SIGTERM (docker stop, kubectl delete) ends it as Ctrl-C does
         raise KeyboardInterrupt
@@ -304,7 +322,7 @@ def _serve_in_foreground(service_options: dict, *, host: str, port: int, user_co
     signal.signal(signal.SIGTERM, stop)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(ScoringService.options(user_config=user_config).bind(**service_options),  # type: ignore[attr-defined]
+        serve.run(service_deployment(user_config, replica_gpus).bind(**service_options),
                   name="tis-ray", route_prefix="/")
         print(f"tis-ray serving {service_options['model']} at http://{host}:{port} (docs at /docs); Ctrl-C stops",
               flush=True)

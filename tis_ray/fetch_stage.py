@@ -20,7 +20,7 @@ from ray.data.extensions import ArrowTensorArray
 from .columns import FETCH_ERROR, IMAGE_BYTES, READ_ERROR, pixels_column
 from .config import FetchConfig
 from .errors import RowError
-from .prepare import ImagePreparer
+from .prepare import DECODE_THREADS, ImagePreparer
 from .preprocess import PreprocessSpec
 from .records import check_caption
 from .sources import checked_image_bytes, classify_image_ref, image_value
@@ -28,13 +28,14 @@ from .sources import checked_image_bytes, classify_image_ref, image_value
 
 class FetchStage:
     def __init__(self, image_column: str, caption_column: str, base_dir: str, fetch: FetchConfig,
-                 specs: tuple[PreprocessSpec, ...]):
-        """`specs`: the job's distinct preprocessings; models that share one share its pixels."""
+                 specs: tuple[PreprocessSpec, ...], decode_threads: int = DECODE_THREADS):
+        """`specs`: the job's distinct preprocessings; models that share one share its pixels.
+        `decode_threads`: the pipeline's follow the CPUs each fetch actor reserves (`pool_sizing`)."""
         self.image_column = image_column
         self.caption_column = caption_column
         self.base_dir = base_dir
         self.specs = specs
-        self.preparer = ImagePreparer(fetch, specs)
+        self.preparer = ImagePreparer(fetch, specs, decode_threads)
         self.closer: weakref.finalize | None = None  # closes the preparer on the loop its session lives on
 
     async def __call__(self, batch: pa.Table) -> pa.Table:

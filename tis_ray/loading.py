@@ -9,6 +9,7 @@ from the checkpoint's own config (``model_type``), never from its name.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Literal
 
 import torch
@@ -110,14 +111,63 @@ def load_preprocess_spec(model: str) -> PreprocessSpec:
         raise _describe_load_failure(model, exc) from None
 
 
+# How to get a torch that can use the GPU: the CUDA build of the same version (as cluster.yaml's GPU nodes do).
+CUDA_TORCH_HINT = "install the CUDA build of torch: pip install torch=={version} --index-url " \
+    "https://download.pytorch.org/whl/cu128 (or run with --device cpu)"
+
+
 def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for, but no CUDA device is visible here")
-    if requested not in ("cpu", "cuda"):
+    """The device a scorer runs on (batch scorer actors, Serve replicas and the warm scorer
+    all resolve theirs here); `ModelLoadError` where it cannot be what was asked for, or
+    where Ray gave this actor a GPU that torch cannot use (see `choose_device`)."""
+    return choose_device(requested, ray_gpu_ids(), torch.__version__, torch.version.cuda is not None,
+                         _cuda_unavailable_reason())
+
+
+def choose_device(requested: str, gpu_ids: list[str], torch_version: str, cuda_built: bool,
+                  cuda_unavailable: str | None) -> str:
+    """The device for `requested` (auto, cpu or cuda), given the GPUs Ray assigned this process
+    (`gpu_ids`) and torch's CUDA state: whether it was built with CUDA, and why CUDA cannot be
+    used (None: it can).
+
+    A process Ray gave a GPU holds it from every other actor: with a torch that cannot use it,
+    ``auto`` would score on the CPU at CPU speed while the GPU sits idle and reserved, so that
+    fails here, in one line that says why and what to install, rather than running slowly.
+    """
+    if requested not in ("auto", "cpu", "cuda"):
         raise ModelLoadError(f"unknown device {requested!r} (use auto, cpu or cuda)")
-    return requested
+    if requested == "cpu":
+        return "cpu"
+    if cuda_unavailable is None:
+        return "cuda"
+    if gpu_ids:
+        held = f"Ray gave this actor GPU {', '.join(gpu_ids)} but torch {torch_version}"
+        problem = f"cannot use it: CUDA is not available: {cuda_unavailable}" if cuda_built else \
+            "was built without CUDA"
+        version = torch_version.split("+")[0]
+        raise ModelLoadError(f"{held} {problem}; {CUDA_TORCH_HINT.format(version=version)}")
+    if requested == "cuda":
+        raise ModelLoadError("--device cuda was asked for, but no CUDA device is visible here")
+    return "cpu"
+
+
+def ray_gpu_ids() -> list[str]:
+    """The GPUs Ray assigned this process: none outside Ray (a Spark worker, a plain script) or in a driver."""
+    ray = sys.modules.get("ray")  # a process Ray placed has imported it; no other has GPUs from Ray
+    if ray is None or not ray.is_initialized():
+        return []
+    return list(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
+
+
+def _cuda_unavailable_reason() -> str | None:
+    """Why torch cannot use CUDA here, in torch's own first line; None when it can."""
+    if torch.cuda.is_available():
+        return None
+    try:
+        torch.cuda.init()  # raises with the reason: not compiled with CUDA, no driver, no device visible
+    except (AssertionError, RuntimeError) as exc:
+        return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return "torch.cuda.is_available() is False"  # init passed, yet no device: said as torch says it
 
 
 def resolve_dtype(requested: str, device: str) -> torch.dtype:

@@ -19,8 +19,8 @@ from .columns import ResultColumns, pixel_columns
 from .config import FetchConfig, NamedModel, PipelineConfig
 from .fetch_stage import FetchStage
 from .pool_sizing import (
-    FETCH_CPUS,
     READ_CPUS,
+    decode_threads,
     gpu_wait_message,
     launcher_capacity,
     plan_pools,
@@ -172,13 +172,13 @@ def add_scores(
         FetchStage,
         fn_constructor_kwargs=dict(
             image_column=image_column, caption_column=caption_column, base_dir=base_dir, fetch=fetch,
-            specs=distinct_specs,
+            specs=distinct_specs, decode_threads=decode_threads(plan.fetch_cpus),
         ),
         batch_size=pipeline.fetch_batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,
         compute=ActorPoolStrategy(min_size=1, max_size=plan.fetch_actors),
-        num_cpus=FETCH_CPUS,
+        num_cpus=plan.fetch_cpus,
     )
     return fetched.map_batches(
         ScoreStage,

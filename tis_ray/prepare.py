@@ -20,6 +20,10 @@ from .fetch import ImageFetcher
 from .preprocess import PreprocessSpec, min_decode_side, resize_and_crop
 from .sources import ImageSource, within_byte_cap
 
+# Decode threads where the caller reserved no CPUs of its own to size them by (the warm scorer,
+# a Spark worker); a fetch actor's and a Serve replica's follow their reservation (`pool_sizing`).
+DECODE_THREADS = 2
+
 
 def bytes_to_pixels(data: bytes, spec: PreprocessSpec, max_pixels: int, reduced_decode: bool = True) -> np.ndarray:
     """Image bytes to the (H, W, 3) uint8 pixels the scorer wants; `RowError` if they are not an image.
@@ -53,7 +57,7 @@ class ImagePreparer:
         self,
         fetch: FetchConfig,
         specs: tuple[PreprocessSpec, ...],
-        decode_threads: int = 2,
+        decode_threads: int = DECODE_THREADS,
         make_fetcher: Callable[[], ImageFetcher] | None = None,
     ):
         """`specs`: one per distinct preprocessing among the models (one for a one-model job);

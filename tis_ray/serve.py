@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from pydantic import (
     BaseModel,
@@ -70,6 +71,7 @@ from .http_api import (
     publish_request_schema,
 )
 from .netguard import DEFAULT_PORTS, AddressPolicy, guarded_fetcher_parts
+from .pool_sizing import decode_threads
 from .prepare import ImagePreparer
 from .records import check_caption
 from .request_checks import (
@@ -103,6 +105,12 @@ class ServedModel(BaseModel):
     name: ModelName  # what requests call it (``"models": [...]``, ``"model": ...``)
     model: str  # a hub id or a checkpoint folder
     dtype: DType | None = None  # None: the app's `dtype`
+
+
+def replica_decode_threads() -> int:
+    """This replica's decode threads: one per CPU its deployment reserves (``ray_actor_options``'
+    ``num_cpus``, Serve's default 1), as a fetch actor's follow its reservation (`pool_sizing`)."""
+    return decode_threads(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
 
 
 Scores = dict[str, ModelScore]  # one pair's, by model name
@@ -143,6 +151,7 @@ class ScoringService:
         self.preparer = ImagePreparer(
             self.fetch,
             specs,
+            decode_threads=replica_decode_threads(),
             make_fetcher=lambda: ImageFetcher(self.fetch, *guarded_fetcher_parts(policy, self.fetch)),
         )
         self.api_key = api_key
@@ -390,6 +399,14 @@ class ServeArgs(BaseModel):
 
 # The app arg names, for checks that a config's ``args`` name only these.
 APP_ARGS = tuple(ServeArgs.model_fields)
+
+
+def service_deployment(user_config: dict, replica_gpus: float) -> serve.Deployment:
+    """The deployment ``tis-ray serve`` runs: batching from `user_config`, and `replica_gpus`
+    reserved by each replica (`pool_sizing.serve_replica_gpus`), so that Ray places replicas on
+    GPUs it knows they hold. A Serve config says the same in its ``ray_actor_options``."""
+    return ScoringService.options(  # type: ignore[attr-defined]  # a Deployment at run time
+        ray_actor_options={"num_gpus": replica_gpus}, user_config=user_config)
 
 
 def build_app(args: ServeArgs) -> serve.Application:
