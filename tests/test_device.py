@@ -78,3 +78,20 @@ def test_a_real_actor_ray_gave_a_gpu_to_fails_to_start_with_that_line(tiny_model
     assert last_line.startswith(f"tis_ray.errors.ModelLoadError: Ray gave this actor GPU 0 but torch "
                                 f"{torch.__version__} {problem}")
     assert last_line.endswith(f"install the CUDA build of torch: {CUDA_INSTALL} (or run with --device cpu)")
+
+
+def test_a_user_error_an_actor_died_of_is_rebuilt_from_rays_text_only():
+    from tis_ray.errors import InputError, ModelLoadError, user_error_in
+
+    # The shape of Ray 2.60's ActorDiedError text: the actor's traceback, ours last.
+    died = ("The actor died because of an error raised in its creation task, ray::MapWorker.__init__()\n"
+            "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+            "tis_ray.errors.ModelLoadError: Ray gave this actor GPU 0 but torch 2.13.0+cpu was built without CUDA")
+    error = user_error_in(died)
+    assert type(error) is ModelLoadError
+    assert str(error) == "Ray gave this actor GPU 0 but torch 2.13.0+cpu was built without CUDA"
+    assert type(user_error_in("tis_ray.errors.InputError: no model given")) is InputError
+    # Anything else is not ours to rebuild: a library's error, a row error, a name that only looks like ours.
+    assert user_error_in("ValueError: tis_ray.errors.ModelLoadError: quoted") is None
+    assert user_error_in("tis_ray.errors.RowError: timeout: slow") is None
+    assert user_error_in("tis_ray.errors.ModelLoadErrorX: no") is None

@@ -41,7 +41,7 @@ from .config import (
     PipelineConfig,
     named_models,
 )
-from .errors import InputError
+from .errors import InputError, user_error_in
 from .job_input import ShardInput, TableInput, check_input, check_output_keeps
 from .loading import embedding_size, load_preprocess_spec, model_family
 from .output import OutputFile, check_output_path, write_atomically, write_stats
@@ -370,7 +370,7 @@ def _write_output(tables: Iterable[pa.Table], job: _FileJob, summary: JobSummary
 def _watched(scored: Dataset, progress_line: ProgressLine | None, count_total, error_column: str,
              done: int = 0) -> Iterator[pa.Table]:
     """The result batches as they come, each shown to `progress_line` (which ends when they do)."""
-    batches = scored.iter_batches(batch_format="pyarrow", batch_size=None)
+    batches = _user_errors_unwrapped(scored.iter_batches(batch_format="pyarrow", batch_size=None))
     if progress_line is None:
         yield from batches
         return
@@ -381,6 +381,18 @@ def _watched(scored: Dataset, progress_line: ProgressLine | None, count_total, e
             yield batch
     finally:
         progress_line.finish()
+
+
+def _user_errors_unwrapped(batches: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """`batches`, with a user error that a stage's actor died of raised as itself (see `errors.user_error_in`)."""
+    from ray.exceptions import RayActorError
+
+    try:
+        yield from batches
+    except RayActorError as exc:
+        if (error := user_error_in(str(exc))) is not None:
+            raise error from None
+        raise
 
 
 def _unknown_runtime(table: pa.Table) -> pa.Table:

@@ -11,6 +11,8 @@ Plain Python, no torch or Ray: `cli` imports this to catch them and stays fast t
 
 from __future__ import annotations
 
+import re
+
 # The documented error kinds. ``http_<status>`` is also produced for any HTTP
 # status that is not a success (``http_404``, ``http_503``, ...).
 INVALID_URL = "invalid_url"
@@ -100,3 +102,22 @@ class RequestRejected(TisRayError):
     @classmethod
     def at(cls, status: int, loc: list[str], msg: str, kind: str) -> RequestRejected:
         return cls(status, [{"loc": loc, "msg": msg, "type": kind}])
+
+
+# A traceback's last line for one of the errors above: ``tis_ray.errors.ModelLoadError: <message>``.
+_USER_ERROR_LINE = re.compile(r"^tis_ray\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def user_error_in(text: str) -> TisRayError | None:
+    """The user error a traceback's `text` ends in, rebuilt; None if it names none.
+
+    Ray 2.60 tells the driver that an actor's constructor raised (a scorer that cannot use
+    the GPU Ray gave it, a model it cannot load) with an `ActorDiedError` that keeps the
+    actor's traceback as text only, not the exception: this is how the CLI can still say
+    it in one line instead of two screens of Ray's traceback.
+    """
+    rebuilt = {error.__name__: error for error in (TisRayError, InputError, OutputError, ModelLoadError)}
+    for name, message in reversed(_USER_ERROR_LINE.findall(text)):
+        if name in rebuilt:
+            return rebuilt[name](message)
+    return None

@@ -70,6 +70,11 @@ def show_progress(enabled: bool) -> None:
     # Without bars Ray Data warns how to turn them on in code; the CLI's `--verbose` is how, and
     # the job's own progress line (`progress`) stands in for them.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if enabled else logging.ERROR)
+    # Ray Data logs the whole stack of any error that stops a job, then raises it: the error itself
+    # still reaches the caller (a user error as one line through the CLI, see `errors.user_error_in`;
+    # anything else with its traceback), so the logged copy is only noise for a scorer that could
+    # not start, and its advice to report a Ray bug is wrong there.
+    logging.getLogger("ray.data.exceptions").setLevel(logging.ERROR if enabled else logging.CRITICAL)
 
 
 def _local_address() -> str | None:
