@@ -39,9 +39,10 @@ def python_csv_rows(path) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def csv_over_several_blocks(tmp_path_factory):
     """A CSV of a few read blocks whose captions span 21 lines each, so that 20 of every 21 newlines
-    are inside quotes and each block boundary falls on one of those (for this file, all three do),
-    and whose `id` and `width` columns look numeric until the last row, as a scraped dataset's
-    often do, so a type guessed from the first block fails on that row."""
+    are inside quotes and a block boundary falls inside a caption (checked: pyarrow reading it
+    without newlines_in_values fails, "parser got out of sync with chunker"), and whose `id` and
+    `width` columns look numeric until the last row, as a scraped dataset's often do, so a type
+    guessed from the first block fails on that row."""
     rows = [[str(i), f'caption {i}, "quoted"' + "\nanother line" * 20, str(100 + i % 900)] for i in range(12_000)]
     rows.append(["id-last", "the last caption", "unknown"])
     path = tmp_path_factory.mktemp("big") / "pairs.csv"
