@@ -25,7 +25,9 @@ tests_for() {  # the unit tests that pin each module down (no Ray, no model down
   case $1 in
     netguard) echo "tests/test_netguard.py tests/test_security.py" ;;
     sources) echo "tests/test_sources.py tests/test_sources_fuzz.py" ;;
-    columns|tables|records) echo "tests/test_records.py tests/test_records_fuzz.py" ;;
+    records) echo "tests/test_records.py tests/test_records_fuzz.py" ;;
+    columns) echo "tests/test_records.py tests/test_records_fuzz.py tests/test_columns.py" ;;
+    tables) echo "tests/test_records.py tests/test_records_fuzz.py tests/test_tables.py" ;;
     hosts) echo "tests/test_hosts.py" ;;
     decode) echo "tests/test_decode.py" ;;
     preprocess) echo "tests/test_preprocess.py" ;;

@@ -7,6 +7,7 @@ pixels come from the original photo or from numpy, not from the code under test.
 from __future__ import annotations
 
 import io
+import platform
 import struct
 import zlib
 from pathlib import Path
@@ -18,8 +19,8 @@ from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
 from transformers.image_transforms import convert_to_rgb
 
-from tis_ray import errors
-from tis_ray.decode import decode_image
+from tis_ray import decode, errors
+from tis_ray.decode import decode_image, release_decode_memory, to_rgb
 from tis_ray.errors import RowError
 
 LIMIT = 89_478_485  # the pipeline's default max_pixels
@@ -167,6 +168,67 @@ def test_grayscale_l_png_repeats_the_channel(chelsea):
         assert np.array_equal(out[..., channel], g)
 
 
+def with_associated_alpha(tiff: bytes) -> bytes:
+    """The same little-endian TIFF with its alpha marked premultiplied (ExtraSamples 2 -> 1),
+    as some scanners and compositors write it; Pillow's TIFF writer only writes the plain kind."""
+    unassociated = struct.pack("<HHIH", 338, 3, 1, 2)  # tag 338 ExtraSamples, SHORT, 1 value: 2
+    assert tiff.count(unassociated) == 1
+    return tiff.replace(unassociated, struct.pack("<HHIH", 338, 3, 1, 1))
+
+
+def premultiplied_over_white(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Premultiplied colour over white: the colour already carries its alpha, white adds 255 - alpha."""
+    return premultiplied.astype(np.float64) + (255.0 - alpha.astype(np.float64))
+
+
+def test_premultiplied_grey_tiff_is_composited_on_white():
+    grey = np.array([[0, 50, 100, 200]], dtype=np.uint8)  # premultiplied: never above its alpha
+    alpha = np.array([[0, 128, 255, 255]], dtype=np.uint8)
+    data = with_associated_alpha(encode(Image.fromarray(np.dstack([grey, alpha]), "LA"), "TIFF"))
+    assert Image.open(io.BytesIO(data)).mode == "La"
+    out = pixels(decode_ok(data))
+    expected = premultiplied_over_white(grey, alpha)[0]  # 255, 177, 100, 200
+    for channel in range(3):
+        assert np.abs(out[0, :, channel] - expected).max() <= 1
+
+
+def test_premultiplied_rgb_is_composited_on_white():
+    # Pillow opens a premultiplied RGB TIFF as RGBA already; an "RGBa" image reaches to_rgb from Pillow code
+    color = np.array([[[0, 0, 0], [50, 25, 10], [100, 50, 20]]], dtype=np.uint8)
+    alpha = np.array([[0, 128, 255]], dtype=np.uint8)
+    out = pixels(to_rgb(Image.fromarray(np.dstack([color, alpha]), "RGBa")))
+    assert np.abs(out - premultiplied_over_white(color, alpha[..., None])).max() <= 1
+
+
+def test_palette_with_alpha_tiff_is_composited_on_white():
+    image = Image.new("PA", (3, 1))
+    image.putpalette([200, 0, 0, 0, 100, 0] + [0] * 762)
+    image.putdata([(0, 0), (1, 128), (0, 255)])
+    data = encode(image, "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "PA"
+    out = pixels(decode_ok(data))[0]
+    expected = white_composite(np.array([[200, 0, 0], [0, 100, 0], [200, 0, 0]]), np.array([0, 128, 255]))
+    assert np.abs(out - expected).max() <= 1
+
+
+def test_an_rgb_image_is_returned_as_it_is_not_copied(chelsea):
+    assert to_rgb(chelsea) is chelsea  # one full-size buffer fewer per decode
+
+
+def test_an_rgba_image_is_composited_without_a_copy_of_itself(chelsea, monkeypatch):
+    conversions = []
+    real_convert = Image.Image.convert
+
+    def recorded(self, mode=None, *args, **kwargs):
+        conversions.append((self.mode, mode))
+        return real_convert(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", recorded)
+    decode_ok(encode(chelsea.convert("RGBA"), "PNG"))
+    assert ("RGBA", "RGBA") not in conversions  # one full-size buffer fewer per decode
+    assert conversions[-1] == ("RGBA", "RGB")  # the composite, to RGB
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
 def test_16_bit_grayscale_is_scaled_to_8_bit_not_clipped(chelsea, fmt):
     gray = np.asarray(chelsea.convert("L"))
@@ -187,6 +249,32 @@ def test_16_bit_grayscale_full_range_maps_to_full_8_bit_range():
     ramp = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
     out = pixels(decode_ok(encode(Image.fromarray(ramp), "PNG")))
     assert out[0, :, 0].tolist() == [0, 1, 128, 255]
+
+
+def test_16_bit_scaling_divides_by_65535_not_65536():
+    # 51529 = 257 x 200.502: 8-bit 201 (a 65536 divisor would give 200.4985, so 200)
+    out = pixels(decode_ok(encode(Image.fromarray(np.array([[0, 51529, 65535]], dtype=np.uint16)), "PNG")))
+    assert out[0, :, 0].tolist() == [0, 201, 255]
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([0, 1000, 128_000, 255_000], [0, 1, 128, 255]),  # above 16 bits: scaled by the image's own top
+    ([0, 51529, 65536], [0, 200, 255]),  # just above: 51529 x 255 / 65536 = 200.4985
+    ([-1000, 0, 65535], [0, 0, 255]),  # negative values are black, not wrapped around
+])
+def test_32_bit_integer_tiff_is_scaled_to_8_bit(values, expected):
+    data = encode(Image.fromarray(np.array([values], dtype=np.int32), "I"), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I"
+    assert pixels(decode_ok(data))[0, :, 0].tolist() == expected
+
+
+def test_float_tiff_keeps_values_in_the_8_bit_range_and_clips_the_rest():
+    values = np.array([[-10.0, 0.0, 1.0, 100.0, 255.0, 300.0]], dtype=np.float32)
+    data = encode(Image.fromarray(values, "F"), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "F"
+    out = pixels(decode_ok(data))
+    for channel in range(3):
+        assert out[0, :, channel].tolist() == [0, 0, 1, 100, 255, 255]
 
 
 @pytest.mark.parametrize(
@@ -299,6 +387,14 @@ def test_decompression_bomb_is_refused_before_decoding(side, no_decoding, monkey
     decode_fails(data, errors.DECOMPRESSION_BOMB)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_each_bomb_refusal_says_how_many_pixels(no_decoding):
+    over_pillow = decode_fails(bilevel_png(20_000), errors.DECOMPRESSION_BOMB)
+    assert "(400000000 pixels)" in str(over_pillow)  # Pillow's own refusal, kept as the detail
+    ours = decode_fails(bilevel_png(10_000), errors.DECOMPRESSION_BOMB)
+    assert str(ours) == "decompression_bomb: 10000x10000 is over the limit of 89478485 pixels"
+
+
 def test_small_max_pixels_refuses_an_ordinary_photo(chelsea, no_decoding):
     data = encode(chelsea, "JPEG")
     error = decode_fails(data, errors.DECOMPRESSION_BOMB, max_pixels=10_000)
@@ -365,6 +461,27 @@ def test_empty_bytes_are_a_decode_error():
 
 EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
        b"0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b"<!DOCTYPE html><html><body>not an image</body></html>", "decode_error: not a supported image (HTML)"),
+    (b"\r\n  <HTML><BODY>an error page</BODY></HTML>", "decode_error: not a supported image (HTML)"),
+    (EPS, "decode_error: not a supported image (PostScript)"),
+    (b"%PDF-1.4\n%%EOF\n", "decode_error: not a supported image (PDF)"),
+    (b"", "decode_error: not a supported image (empty body)"),
+    (b"hello, world", "decode_error: not a supported image (12 bytes of unknown type)"),
+])
+def test_each_body_that_is_not_an_image_says_what_it_looks_like(body, error):
+    assert str(decode_fails(body, errors.DECODE_ERROR)) == error
+
+
+def test_a_header_cut_short_and_a_body_cut_short_say_which(chelsea):
+    png = encode(chelsea, "PNG")
+    # 16 bytes: the signature, and the IHDR chunk's length and tag without its body
+    header = str(decode_fails(png[:16], errors.DECODE_ERROR))
+    assert header.startswith("decode_error: corrupt image header: ") and len(header) > 36
+    body = str(decode_fails(png[: len(png) // 2], errors.DECODE_ERROR))
+    assert body.startswith("decode_error: corrupt or truncated PNG image: ") and len(body) > 46
 
 
 def test_eps_is_refused_without_being_parsed(monkeypatch):
@@ -462,3 +579,30 @@ def test_bomb_check_counts_the_full_size_not_the_reduced_one(chelsea, no_decodin
     with pytest.raises(RowError) as caught:
         decode_image(data, 1_000_000, 224)
     assert caught.value.kind == errors.DECOMPRESSION_BOMB
+
+
+# ---------------------------------------------------------------- memory given back after large decodes
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_glibc_malloc_trim_is_found():
+    trim = decode._load_malloc_trim()
+    assert trim is not None and trim.__name__ == "malloc_trim"
+    assert trim(0) in (0, 1)  # 1: memory was given back, 0: there was none to give
+
+
+def test_only_a_large_decode_gives_memory_back(monkeypatch):
+    calls = []
+    monkeypatch.setattr(decode, "_malloc_trim", lambda pad: calls.append(pad))
+    release_decode_memory(451 * 300)  # an ordinary photo: the common path pays nothing
+    assert calls == []
+    release_decode_memory(decode.TRIM_ABOVE_PIXELS)  # "at least this large"
+    release_decode_memory(6300 * 6300)  # the size measured in docs/reliability.md
+    assert calls == [0, 0]  # pad 0: give back all that can be
+    release_decode_memory(decode.TRIM_ABOVE_PIXELS - 1)
+    assert calls == [0, 0]
+
+
+def test_without_malloc_trim_nothing_is_called(monkeypatch):
+    monkeypatch.setattr(decode, "_malloc_trim", None)  # musl, macOS
+    release_decode_memory(6300 * 6300)  # no AttributeError, no call

@@ -245,6 +245,18 @@ def test_empty_captions(value):
     assert info.value.kind == errors.EMPTY_CAPTION
 
 
+@pytest.mark.parametrize(("value", "error"), [
+    (None, "empty_caption: the caption is missing"),
+    (float("nan"), "empty_caption: the caption is missing"),  # a float column's "missing"
+    ("", "empty_caption: the caption is empty"),
+    (" \t\u3000", "empty_caption: the caption is empty"),
+])
+def test_the_error_column_says_whether_the_caption_is_missing_or_blank(value, error):
+    with pytest.raises(RowError) as info:
+        check_caption(value)
+    assert str(info.value) == error
+
+
 @pytest.mark.parametrize(
     "text",
     [

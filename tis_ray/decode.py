@@ -101,7 +101,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode.startswith("I") or image.mode == "F":
         image = _scale_to_8bit(image)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if image.mode == "La":  # premultiplied grey (a TIFF with associated alpha): Pillow converts it only to LA
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         rgba = image if image.mode == "RGBA" else image.convert("RGBA")  # no copy of a full-size buffer
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
