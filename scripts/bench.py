@@ -189,12 +189,14 @@ def parse_args(argv):
                         help="also run (c) with each speed lever turned off, at the first latency")
     parser.add_argument("--accuracy-pairs", type=positive_int, default=256, help="workload pairs in the accuracy check")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "tis-ray-bench"))
-    parser.add_argument("--json", default=str(REPO / "docs" / "benchmarks.json"))
+    parser.add_argument("--json", help="where the results go (default: docs/benchmarks.json for the main run, "
+                                       "docs/benchmarks-SUITE.json for another suite)")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--plots", default=str(REPO / "docs" / "images"))
     parser.add_argument("--quick", action="store_true",
                         help="tiny model, 48 pairs, 0 and 20 ms, one round: checks that everything still runs")
     args = parser.parse_args(argv)
+    args.json = args.json or str(REPO / "docs" / report.json_name(args.suite))
     if args.quick:
         args.arch, args.pairs, args.latency_ms, args.sweep, args.runs = "tiny", 48, [0, 20], [96], 1
         args.second_arch = "siglip-tiny"
