@@ -146,6 +146,26 @@ def test_s3_image_errors_name_the_object_without_secrets(s3):
     assert storage.read_object(url("big.jpg"), max_bytes=4096) == b"\xff" * 2048
 
 
+def test_an_input_table_that_cannot_be_read_is_named_without_its_access_keys(s3, tmp_path):
+    from tis_ray.errors import InputError
+    from tis_ray.tables import TableFile
+
+    fs, url = s3
+    with pytest.raises(InputError) as missing:
+        TableFile.open(url("absent-table.csv"))
+    assert str(missing.value) == "s3://photos/absent-table.csv: no such file"
+    with fs.open_output_stream("photos/empty.csv") as out:
+        out.write(b"")
+    with pytest.raises(InputError) as empty:
+        TableFile.open(url("empty.csv"))
+    assert str(empty.value) == "s3://photos/empty.csv: the file is empty (no header row)"
+    # A local name keeps what a URL would lose: '#' and '?' are part of a file name.
+    local = tmp_path / "pairs #1?.csv"
+    with pytest.raises(InputError) as local_missing:
+        TableFile.open(str(local))
+    assert str(local_missing.value) == f"{local}: no such file"
+
+
 def test_an_object_store_that_cannot_be_reached_is_a_storage_error_not_a_missing_file():
     """README's error table: ``storage_error`` when an object store refuses or fails a read,
     kept apart from ``file_not_found`` (the object is not there), which a retry cannot mend.

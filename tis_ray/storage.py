@@ -141,3 +141,9 @@ def _without_secrets(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
+
+def shown(path: str) -> str:
+    """An input path as a message may show it: an object-store URL without its access keys or
+    query; a local path as typed (a ``#`` or ``?`` in a file name is part of it)."""
+    return _without_secrets(path) if "://" in path else path
+

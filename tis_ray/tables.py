@@ -23,7 +23,7 @@ def input_format(path: str) -> str:
         return "csv"
     if name.endswith((".parquet", ".pq")):
         return "parquet"
-    raise InputError(f"{path}: unknown file type (expected .csv or .parquet)")
+    raise InputError(f"{storage.shown(path)}: unknown file type (expected .csv or .parquet)")
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,16 @@ class TableFile:
     @classmethod
     def open(cls, path: str) -> TableFile:
         """The input at `path`, or `InputError` saying why it cannot be read as a table."""
+        shown = storage.shown(path)  # never an access key in a message
         try:
             filesystem, inner = storage.resolve(path)
             info = filesystem.get_file_info(inner)
         except (OSError, ValueError) as exc:  # an unreachable store, a bad URL or missing credentials
-            raise InputError(f"{path}: cannot reach the input: {exc}") from None
+            raise InputError(f"{shown}: cannot reach the input: {exc}") from None
         if info.type == pafs.FileType.Directory:
-            raise InputError(f"{path}: is a folder, expected a .csv or .parquet file")
+            raise InputError(f"{shown}: is a folder, expected a .csv or .parquet file")
         if info.type != pafs.FileType.File:
-            raise InputError(f"{path}: no such file")
+            raise InputError(f"{shown}: no such file")
         fmt = input_format(path)
         try:
             if fmt == "parquet":
@@ -63,11 +64,11 @@ class TableFile:
             else:
                 schema, parquet_rows = _csv_schema(filesystem, inner), None
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise InputError(f"{path}: cannot read {fmt} header: {exc}") from None
+            raise InputError(f"{shown}: cannot read {fmt} header: {exc}") from None
         except Exception as exc:  # pyarrow raises its own types for a bad Parquet file
-            raise InputError(f"{path}: not a readable {fmt} file: {exc}") from None
+            raise InputError(f"{shown}: not a readable {fmt} file: {exc}") from None
         if fmt == "csv" and not schema.names:
-            raise InputError(f"{path}: the file is empty (no header row)")
+            raise InputError(f"{shown}: the file is empty (no header row)")
         return cls(path, filesystem, inner, fmt, info.size or 0, info.mtime_ns or 0, schema, parquet_rows)
 
     @property
