@@ -49,9 +49,11 @@ class _Timers:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
 
     def reset(self) -> None:
-        self.seconds = {}
+        self.seconds.clear()
+        self.counts.clear()
 
     def wrap(self, name: str, call: Callable) -> Callable:
         def timed(*args, **kwargs):
@@ -64,6 +66,15 @@ class _Timers:
 
     def ms(self, name: str) -> float:
         return 1000 * self.seconds.get(name, 0.0)
+
+
+def _counting_text_positions(call: Callable, counts: dict[str, int]) -> Callable:
+    """`call` (a text-model call) that adds the positions it is given (rows x padded length) to
+    ``counts["text_positions"]``: the text tower's work, whatever else runs on the machine."""
+    def counted(**inputs):
+        counts["text_positions"] = counts.get("text_positions", 0) + int(inputs["input_ids"].numel())
+        return call(**inputs)
+    return counted
 
 
 class _TimedTokenizer:
@@ -86,7 +97,8 @@ def _timed_internals(scorer: DualEncoderScorer, timers: _Timers) -> Iterator[Non
     while inside (each is looked up at call time: a method, an attribute, module globals)."""
     model, tokenizer, blake2b, pixel_normalize = scorer.model, scorer.tokenizer, hashlib.blake2b, normalize
     model.get_image_features = timers.wrap("image_model", model.get_image_features)
-    model.get_text_features = timers.wrap("text_model", model.get_text_features)
+    model.get_text_features = timers.wrap("text_model", _counting_text_positions(model.get_text_features,
+                                                                                 timers.counts))
     scorer.tokenizer = _TimedTokenizer(tokenizer, timers)
     hashlib.blake2b = timers.wrap("hash", blake2b)  # type: ignore[misc]
     scorer_module.normalize = timers.wrap("normalize", pixel_normalize)  # type: ignore[assignment]
@@ -211,7 +223,8 @@ def measure(model: str, device: str = "cpu", dtype: str = "float32", batch_size:
         "stage_overhead_ms": round(medians["path_ms"] - medians["bare_ms"], 1) if batch is not None else None,
         "score_overhead_ms": round(medians["score_ms"] - medians["bare_ms"], 1),
         "one_pixel_copy_ms": round(one_copy_ms, 1),
-        "padded_text_tokens": int(tokens["input_ids"].numel()),
+        "padded_text_tokens": int(tokens["input_ids"].numel()),  # (i)'s text positions: one documented call
+        "text_positions_in_path": timers.counts["text_positions"],
         "real_text_tokens": real_tokens,
         "samples": {name: [round(v, 1) for v in values] for name, values in samples.items()},
     }
