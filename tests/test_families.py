@@ -40,7 +40,7 @@ from tis_ray.config import FetchConfig, ModelConfig, PipelineConfig
 from tis_ray.errors import ModelLoadError
 from tis_ray.loading import load_preprocess_spec, model_family
 from tis_ray.preprocess import resize_and_crop
-from tis_ray.scorer import ClipScorer, SiglipScorer, make_scorer, normalize
+from tis_ray.scorer import TEXT_GROUP_ROWS, ClipScorer, SiglipScorer, make_scorer, normalize
 
 FAMILY_FIXTURES = {"clip": "tiny_model", "siglip": "siglip_model", "siglip2": "siglip2_model"}
 SCORER_CLASSES = {"clip": ClipScorer, "siglip": SiglipScorer, "siglip2": SiglipScorer}
@@ -154,6 +154,72 @@ def test_truncation_flag_counts_the_tokenizers_own_tokens(family, photos):
     assert any(want) and not all(want)
     pixels = our_pixels(scorer, [Image.open(photos["chelsea"]).convert("RGB")] * len(captions))
     assert scorer.score(pixels, captions).truncated.tolist() == want
+
+
+def _varied_captions(context: int) -> list[str]:
+    """More captions than one text call takes, of every length from one word to past the
+    context, in an order unrelated to their lengths."""
+    words = "a red dog , sitting on THE old wooden bench near 3 tall trees".split()
+    lengths = [(7 * i) % (context + 12) + 1 for i in range(2 * TEXT_GROUP_ROWS + 37)]
+    return [" ".join(words[j % len(words)] for j in range(n)) for n in lengths]
+
+
+def _text_model_inputs(scorer, captions: list[str]) -> list[dict[str, torch.Tensor]]:
+    """The inputs of each text-model call `embed_texts` makes for `captions`."""
+    calls = []
+    real = scorer.model.get_text_features
+    scorer.model.get_text_features = lambda **inputs: calls.append(inputs) or real(**inputs)
+    try:
+        scorer.embed_texts(captions)
+    finally:
+        del scorer.model.get_text_features
+    return calls
+
+
+def test_one_tokenisation_gives_the_two_calls_ids_and_flags(family):
+    """The ids the model gets and the truncation flags equal the two tokenizer calls they replace:
+    one at a token past the context for the flag, one padded and cut at the context for the ids
+    (CLIP's rows padded per length group instead of to the batch's longest: same ids and mask up
+    to each row's length, padding after)."""
+    _, model_dir = family
+    scorer = _scorer(model_dir)
+    tokenizer, context = scorer.tokenizer, scorer.max_text_tokens
+    captions = _varied_captions(context)
+    flags = [len(ids) > context for ids in tokenizer(captions, truncation=True, max_length=context + 1)["input_ids"]]
+    want = tokenizer(captions, padding=scorer.text_padding, truncation=True, max_length=context, return_tensors="pt")
+    assert any(flags) and not all(flags)
+    ids, truncated = scorer.token_ids(captions)
+    assert truncated.tolist() == flags
+    groups = scorer.text_groups(ids)
+    calls = _text_model_inputs(scorer, captions)
+    assert sorted(row for group in groups for row in group) == list(range(len(captions)))
+    one_call = scorer.text_padding == "max_length"
+    assert len(calls) == len(groups) == (1 if one_call else -(-len(captions) // TEXT_GROUP_ROWS))
+    for group, inputs in zip(groups, calls, strict=True):
+        assert set(inputs) == {name for name in ("input_ids", "attention_mask") if name in want}
+        for position, row in enumerate(group):
+            got_ids = inputs["input_ids"][position]
+            if "attention_mask" not in want:  # SigLIP: every row padded to the context, as one call pads it
+                assert torch.equal(got_ids, want["input_ids"][row])
+                continue
+            length = int(want["attention_mask"][row].sum())
+            assert torch.equal(got_ids[:length], want["input_ids"][row][:length])
+            assert inputs["attention_mask"][position].tolist() == [1] * length + [0] * (len(got_ids) - length)
+            assert set(got_ids[length:].tolist()) <= {tokenizer.pad_token_id}
+
+
+def test_captions_grouped_by_length_embed_as_one_documented_call(tiny_model):
+    """CLIP's captions, sorted by length and encoded in several calls, come back in their own order
+    with the embeddings one padded call of the library gives (float rounding aside)."""
+    scorer = _scorer(tiny_model)
+    captions = _varied_captions(scorer.max_text_tokens)
+    model, processor = library(tiny_model)
+    with torch.inference_mode():
+        inputs = processor(text=captions, return_tensors="pt", padding=True, truncation=True)
+        want = torch.nn.functional.normalize(model.get_text_features(**inputs).pooler_output, dim=-1).numpy()
+    got, _ = scorer.embed_texts(captions)
+    assert len(scorer.text_groups(scorer.token_ids(captions)[0])) > 1
+    assert np.abs(got - want).max() <= COSINE_TOLERANCE
 
 
 def test_siglip_pads_every_caption_to_the_context(siglip_model, photos):

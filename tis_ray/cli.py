@@ -10,7 +10,9 @@ import time
 
 from . import __version__
 from .config import (
+    CPU_SCORER_BATCH_SIZE,
     DEFAULT_MODEL,
+    GPU_SCORER_BATCH_SIZE,
     SERVE_BATCH_WAIT_MS,
     SERVE_MAX_BATCH_SIZE,
     SERVE_MAX_PIXELS,
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="for shards: the fields of each sample's json entry to keep in the output")
     _add_model_arguments(score, several=True)
     score.add_argument("--batch-size", type=_positive_int, default=PipelineConfig.batch_size,
-                       help="pairs per model call")
+                       help=f"pairs per model call (default: {GPU_SCORER_BATCH_SIZE} on a GPU, "
+                            f"{CPU_SCORER_BATCH_SIZE} on a CPU)")
     score.add_argument("--fetch-concurrency", type=_positive_int, default=FetchConfig.max_in_flight,
                        help="requests in flight per fetch actor")
     score.add_argument("--timeout", type=float, default=FetchConfig.timeout_s,

@@ -7,6 +7,7 @@ message, not a failed job. A plain module (no torch, no Ray).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
@@ -19,6 +20,7 @@ PIXELS = "__tis_pixels"  # uint8 model-ready pixels, from the fetch stage (see `
 FETCH_ERROR = "__tis_fetch_error"  # the row's error so far (caption or image), from the fetch stage
 TRUNCATED = "__tis_truncated"  # the caption was cut to a model's context (any of the job's models)
 RUNTIME = "__tis_runtime"  # "device/dtype" of the scorer that scored the row
+IMAGE_KEY = "__tis_image_key"  # int64 `pixels_key` of the row's pixels, from the fetch stage: the scorer's dedup
 
 # A WebDataset sample, as the shard reader hands it on (see `shard_source`):
 IMAGE_BYTES = "__tis_image"  # the sample's image entry, bytes
@@ -173,3 +175,19 @@ def pixel_columns(specs: tuple[Hashable, ...]) -> tuple[tuple[Hashable, ...], tu
     models with equal specs share one column, so an image's pixels travel once per distinct spec."""
     distinct = tuple(dict.fromkeys(specs))
     return distinct, tuple(pixels_column(distinct.index(spec)) for spec in specs)
+
+
+def pixels_key(prepared: tuple[np.ndarray, ...]) -> int:
+    """A signed 64-bit BLAKE2b digest of an image's prepared pixels, every preprocessing's: equal
+    pixels give equal keys, and the scorer encodes one image per key.
+
+    The fetch stage computes it once per image fetched, beside the decode, across its many
+    actors; hashed in the scorer instead, a 1,024-row batch cost ~115 ms on the thread that
+    feeds the GPU. All of an image's preprocessings go in, so two images equal in one model's
+    crop but not in another's keep apart. 64 bits: two distinct images in a batch of 1,024 share
+    a key with odds near 1024**2 / 2**65, about 3e-14.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for pixels in prepared:
+        digest.update(np.ascontiguousarray(pixels).data)
+    return int.from_bytes(digest.digest(), "little", signed=True)

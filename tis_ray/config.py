@@ -32,6 +32,13 @@ SERVE_MAX_QUEUED_REQUESTS = 256
 # more, and each decode in flight holds 3-4 bytes a pixel (see docs/reliability.md, Security).
 SERVE_MAX_PIXELS = 40_000_000
 
+# Rows per scorer call where the job does not say (`PipelineConfig.batch_size` None), by the device
+# the scorer runs on: a GPU needs a few hundred rows a call before the per-batch host work (copies,
+# tokenising, transfer) stops bounding its rate (docs/benchmarks.md, "Scorer overhead"); a CPU
+# gains nothing past a few dozen, and every row's activations are held at once.
+GPU_SCORER_BATCH_SIZE = 256
+CPU_SCORER_BATCH_SIZE = 64
+
 # Every settings field says whether its value changes what a job writes (`result_setting`) or
 # only how the job runs (`shape_setting`): a resume must find the first kind unchanged
 # (`checkpoint.result_settings`), and a field marked neither fails every file job.
@@ -94,7 +101,7 @@ class ModelConfig:
 class PipelineConfig:
     """How the Ray Data job is shaped."""
 
-    batch_size: int = shape_setting(64)  # rows per scorer call
+    batch_size: int | None = shape_setting(None)  # rows per scorer call; None = by device (`scorer_batch_size`)
     fetch_batch_size: int = shape_setting(32)  # rows per fetch call
     fetch_actors: int | None = shape_setting(None)  # None = sized from the cluster
     scorer_actors: int | None = shape_setting(None)  # None = from the GPUs and the job's size (`pool_sizing`); 1 on CPU
@@ -103,6 +110,13 @@ class PipelineConfig:
     with_truncation: bool = result_setting(False)  # a per-row caption_truncated flag
     with_embeddings: bool = result_setting(False)  # unit image and text embeddings (Parquet output only)
     embedding_dtype: EmbeddingDType = result_setting("float16")
+
+
+def scorer_batch_size(asked: int | None, device: str) -> int:
+    """Rows per scorer call: `asked` where the job set it, else the default for `device` ("cuda" or "cpu")."""
+    if asked is not None:
+        return asked
+    return GPU_SCORER_BATCH_SIZE if device == "cuda" else CPU_SCORER_BATCH_SIZE
 
 
 # A model's name in a job: it ends column names (similarity_<name>), so it is kept to characters

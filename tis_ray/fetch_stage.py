@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data.extensions import ArrowTensorArray
 
-from .columns import FETCH_ERROR, IMAGE_BYTES, READ_ERROR, pixels_column
+from .columns import FETCH_ERROR, IMAGE_BYTES, IMAGE_KEY, READ_ERROR, pixels_column, pixels_key
 from .config import FetchConfig
 from .errors import RowError
 from .prepare import DECODE_THREADS, ImagePreparer
@@ -64,18 +64,25 @@ class FetchStage:
         outcomes = dict(zip(distinct, await asyncio.gather(*(self._prepare(ref, base_dir) for ref in distinct)),
                             strict=True))
         pixels = [np.zeros((len(refs), *spec.output_size, 3), dtype=np.uint8) for spec in self.specs]
+        # Each image's key, for the scorer's dedup: hashed here, beside the decode and across the fetch
+        # pool, not on the one thread that feeds the GPU (see `columns.pixels_key`).
+        keys = {ref: pixels_key(outcome) for ref, outcome in outcomes.items() if not isinstance(outcome, RowError)}
         errors: list[str | None] = []
+        image_keys: list[int] = []  # 0 where the row failed: the scorer never reads it
         for row, ref in enumerate(refs):
             outcome = early_errors[row] or outcomes[ref]
             if isinstance(outcome, RowError):
                 errors.append(str(outcome))
+                image_keys.append(0)
             else:
                 for column, prepared in zip(pixels, outcome, strict=True):
                     column[row] = prepared
                 errors.append(None)
+                image_keys.append(keys[ref])
         batch = batch.drop_columns([c for c in (IMAGE_BYTES, READ_ERROR) if c in batch.column_names])
         for index, column in enumerate(pixels):
             batch = batch.append_column(pixels_column(index), ArrowTensorArray.from_numpy(column))
+        batch = batch.append_column(IMAGE_KEY, pa.array(image_keys, type=pa.int64()))
         return batch.append_column(FETCH_ERROR, pa.array(errors, type=pa.string()))
 
     async def _prepare(self, ref, base_dir: str) -> tuple[np.ndarray, ...] | RowError:

@@ -16,7 +16,7 @@ import yaml
 from ray.data import ActorPoolStrategy, Dataset
 
 from .columns import ResultColumns, pixel_columns
-from .config import FetchConfig, NamedModel, PipelineConfig
+from .config import FetchConfig, NamedModel, PipelineConfig, scorer_batch_size
 from .fetch_stage import FetchStage
 from .pool_sizing import (
     READ_CPUS,
@@ -42,6 +42,7 @@ INPUT_BYTES_PER_ROW = 128
 # A WebDataset sample's bytes in a shard, to guess a shard input's rows (for the GPU pool
 # only): a guess from img2dataset's defaults (256-pixel JPEGs, a caption, a small json).
 SHARD_BYTES_PER_SAMPLE = 25_000
+GPU_SCORER_CALLS = 2  # batches a GPU scorer actor works on at once (see `add_scores`)
 MIN_INPUT_BLOCKS = 8  # a short file flows in pieces too, and gives several fetch actors work
 MAX_INPUT_BLOCKS = 4096  # past this, a task per block costs more than it saves
 # Where the cluster launcher (`ray up`) leaves the cluster's config on the head node,
@@ -180,14 +181,23 @@ def add_scores(
         compute=ActorPoolStrategy(min_size=1, max_size=plan.fetch_actors),
         num_cpus=plan.fetch_cpus,
     )
+    on_gpu = plan.scorer_gpus > 0
+    # On a GPU, two batches at once in each scorer actor (two threads): one's host work (copying
+    # its pixels out of Arrow, tokenising, building result columns) runs while the other's
+    # kernels do, where one at a time left the GPU idle for all of it. Ray Data 2.60 runs the
+    # calls themselves at once only with `enable_true_multi_threading` (else just the batching
+    # around them overlaps). A CPU scorer's torch already uses every core: one batch at a time.
+    scorers = (ActorPoolStrategy(size=plan.scorer_actors, max_concurrent_calls_per_actor=GPU_SCORER_CALLS,
+                                 enable_true_multi_threading=True)
+               if on_gpu else ActorPoolStrategy(size=plan.scorer_actors))
     return fetched.map_batches(
         ScoreStage,
         fn_constructor_kwargs=dict(caption_column=caption_column, models=models, pixel_columns=model_pixels,
                                    pipeline=pipeline, results=results),
-        batch_size=pipeline.batch_size,
+        batch_size=scorer_batch_size(pipeline.batch_size, "cuda" if on_gpu else "cpu"),
         batch_format="pyarrow",
         zero_copy_batch=True,
-        compute=ActorPoolStrategy(size=plan.scorer_actors),
+        compute=scorers,
         num_cpus=plan.scorer_cpus,
         num_gpus=plan.scorer_gpus,
     )

@@ -17,6 +17,7 @@ from .columns import (
     COSINE,
     FETCH_ERROR,
     IMAGE_EMBEDDING,
+    IMAGE_KEY,
     PROBABILITY,
     RUNTIME,
     SIMILARITY,
@@ -61,11 +62,12 @@ class ScoreStage:
         ok = np.array([error is None for error in errors], dtype=bool)
         cells = batch.column(self.caption_column).to_pylist()
         captions = [check_caption(c) for c, good in zip(cells, ok, strict=True) if good]
-        out = batch.drop_columns([*dict.fromkeys(self.pixel_columns), FETCH_ERROR])
+        keys = batch.column(IMAGE_KEY).to_numpy()[ok]
+        out = batch.drop_columns([*dict.fromkeys(self.pixel_columns), IMAGE_KEY, FETCH_ERROR])
         truncated_any = np.zeros(rows, dtype=bool)
         for model, scorer, column, size in zip(self.models, self.scorers, self.pixel_columns, self.embedding_sizes,
                                                strict=True):
-            scored = scorer.score(_tensor_column(batch, column)[ok], captions) if ok.any() else None
+            scored = scorer.score(_good_rows(batch.column(column), ok, scorer), captions, keys) if ok.any() else None
             for kind, values in self._columns(scored, ok, size).items():
                 out = out.append_column(self.results.of(kind, model.name), values)
             if scored is not None:
@@ -105,5 +107,20 @@ class ScoreStage:
             self.embedding_dtype.name, size), mask=pa.array(~ok))
 
 
-def _tensor_column(table: pa.Table, name: str) -> np.ndarray:
-    return np.concatenate([chunk.to_numpy() for chunk in table.column(name).chunks])
+def _good_rows(column: pa.ChunkedArray, ok: np.ndarray, scorer: DualEncoderScorer) -> np.ndarray:
+    """The `ok` rows of a pixel column as one contiguous array in the scorer's `pixel_buffer`
+    (page-locked on CUDA): each pixel copied once, straight from Arrow's buffers, however many
+    fetch blocks the batch joins. (Joining the chunks, then masking, then making the result
+    contiguous were three full copies of the batch's pixels.)"""
+    chunks = [chunk.to_numpy() for chunk in column.chunks]  # views of Arrow's buffers, no copy
+    rows = scorer.pixel_buffer((int(ok.sum()), *chunks[0].shape[1:]))
+    start = filled = 0
+    for chunk in chunks:
+        keep = ok[start:start + len(chunk)]
+        count = int(keep.sum())
+        if count == len(chunk):
+            rows[filled:filled + count] = chunk
+        else:
+            np.compress(keep, chunk, axis=0, out=rows[filled:filled + count])
+        start, filled = start + len(chunk), filled + count
+    return rows

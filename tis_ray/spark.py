@@ -33,7 +33,15 @@ from .columns import (  # noqa: E402
     TRUNCATED,
     ResultColumns,  # noqa: E402
 )
-from .config import DEFAULT_MODEL, Device, DType, FetchConfig, ModelConfig, PipelineConfig  # noqa: E402
+from .config import (  # noqa: E402
+    DEFAULT_MODEL,
+    Device,
+    DType,
+    FetchConfig,
+    ModelConfig,
+    PipelineConfig,
+    scorer_batch_size,
+)
 from .loading import load_preprocess_spec  # noqa: E402
 from .preprocess import PreprocessSpec  # noqa: E402
 
@@ -49,7 +57,7 @@ class _Job:
     model: ModelConfig
     fetch: FetchConfig
     with_cosine: bool
-    rows_per_call: int  # rows fetched together, then scored in one model call
+    rows_per_call: int | None  # rows fetched together, then scored in one model call; None: the device's default
 
 
 def with_scores(
@@ -62,7 +70,7 @@ def with_scores(
     dtype: DType | None = None,
     with_cosine: bool = False,
     fetch: FetchConfig | None = None,
-    batch_size: int = PipelineConfig.batch_size,
+    batch_size: int | None = PipelineConfig.batch_size,
 ) -> DataFrame:
     """`df` with ``similarity`` (and ``cosine`` if asked) and ``error`` appended, lazily.
 
@@ -90,9 +98,10 @@ def with_scores(
 def _score_batches(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """The UDF: each Arrow batch Spark hands over, scored in pieces of ``job.rows_per_call`` rows."""
     worker = _worker(job)
+    rows_per_call = scorer_batch_size(job.rows_per_call, worker.scorer.scorers[0].device)
     for batch in batches:
-        for start in range(0, batch.num_rows, job.rows_per_call):
-            piece = pa.Table.from_batches([batch.slice(start, job.rows_per_call)])
+        for start in range(0, batch.num_rows, rows_per_call):
+            piece = pa.Table.from_batches([batch.slice(start, rows_per_call)])
             yield from worker.score(piece).to_batches()
 
 

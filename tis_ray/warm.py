@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from .config import FetchConfig, ModelConfig
+from .config import FetchConfig, ModelConfig, scorer_batch_size
 from .fetch_stage import FetchStage
 from .preprocess import PreprocessSpec
 from .score_stage import ScoreStage
@@ -49,13 +49,14 @@ class WarmScorer:
     async def describe(self) -> ScorerInfo:
         return ScorerInfo(pid=os.getpid(), runtime=self.score_stage.runtime)
 
-    async def score(self, pairs: pa.Table, base_dir: str, batch_size: int) -> pa.Table:
+    async def score(self, pairs: pa.Table, base_dir: str, batch_size: int | None) -> pa.Table:
         """`pairs` (see `pairs_table`) with ``similarity``, ``cosine``, ``error`` and the internal
         summary columns, in order; relative paths resolve against `base_dir`.
 
         Every image is fetched at once (the fetcher caps requests in flight and per host);
-        the model sees `batch_size` rows at a time, as a pipeline's scorer does.
+        the model sees `batch_size` rows at a time (None: its device's default), as a pipeline's scorer does.
         """
+        batch_size = scorer_batch_size(batch_size, self.score_stage.scorers[0].device)
         fetched = await self.fetch_stage.prepare(pairs, base_dir)
         loop = asyncio.get_running_loop()
         parts = [
