@@ -69,10 +69,19 @@ class CheckContext:
     workload: Workload
 
 
-# One more Ray-free measurement goes in this tuple: a function of the context returning a
-# JSON-ready dict, stored in ray_free.json under the function's name and printed after the
-# table. Reserved for scripts/benchkit/scorer_overhead.py (scorer.score() over bare model calls).
-MORE_RAY_FREE_MEASUREMENTS: tuple[Callable[[CheckContext], dict], ...] = ()
+def scorer_overhead(context: CheckContext) -> dict:
+    """The scorer's own time per batch beyond the bare model calls (`benchkit.scorer_overhead`), at the
+    fast dtype and the largest batch: score() only, which needs no Ray (the stage's figure is the pipeline's)."""
+    from benchkit import scorer_overhead as overhead
+
+    settings = context.settings
+    return overhead.measure(context.model, settings.device, settings.fast_dtype, batch_size=max(settings.batch_sizes),
+                            stage=False)
+
+
+# More Ray-free measurements: each a function of the context returning a JSON-ready dict,
+# stored in ray_free.json under the function's name and printed after the table.
+MORE_RAY_FREE_MEASUREMENTS: tuple[Callable[[CheckContext], dict], ...] = (scorer_overhead,)
 
 
 def main(argv: list[str] | None = None) -> int:

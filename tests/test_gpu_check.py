@@ -85,6 +85,9 @@ def test_ray_free_part_runs_where_ray_and_pydantic_cannot_be_imported(tmp_path, 
         # bfloat16 keeps 8 bits of mantissa: its scores move, but by far less than their spread
         assert drift is None if r["dtype"] == "float32" else 0 < drift < 0.05
     assert part["tf32"] == {"matmul": False, "cudnn": False}
+    overhead = part["scorer_overhead"]  # score() against the bare model calls, without Ray
+    assert overhead["batch_size"] == max(SMOKE_BATCH_SIZES) and overhead["stage_overhead_ms"] is None
+    assert overhead["score_overhead_ms"] == pytest.approx(overhead["score_ms"] - overhead["bare_ms"], abs=0.1)
 
     decode, feed = part["decode"], part["feed"]
     assert decode["images"] == SMOKE_PAIRS and decode["workers"] == os.cpu_count() and decode["reduced_decode"]
