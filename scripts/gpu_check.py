@@ -76,7 +76,7 @@ def scorer_overhead(context: CheckContext) -> dict:
 
     settings = context.settings
     return overhead.measure(context.model, settings.device, settings.fast_dtype, batch_size=max(settings.batch_sizes),
-                            stage=False)
+                            with_stage=False)
 
 
 # More Ray-free measurements: each a function of the context returning a JSON-ready dict,

@@ -140,14 +140,14 @@ def _median(values: list[float]) -> float:
 
 
 def measure(model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 1024,
-            rounds: int = 3, stage: bool = True) -> dict:
+            rounds: int = 3, with_stage: bool = True) -> dict:
     """Median ms per batch of `batch_size` pairs over `rounds`: the bare model calls, the stage and
-    `score()`, their differences, and the split of the time outside the model. `stage=False` leaves
+    `score()`, their differences, and the split of the time outside the model. `with_stage=False` leaves
     the batch stage out (it needs Ray's tensor column), as a Ray-free caller must."""
     stage = ScoreStage.one_model("caption", ModelConfig(model=model, device=device, dtype=dtype), with_cosine=False)
     scorer = stage.scorers[0]
     images, captions = _image_bytes_and_captions(batch_size)
-    batch = _fetched_batch(images, captions, scorer.preprocess) if stage else None
+    batch = _fetched_batch(images, captions, scorer.preprocess) if with_stage else None
     if batch is not None:
         pixels = np.concatenate([chunk.to_numpy() for chunk in batch.column("__tis_pixels").chunks])
     else:
