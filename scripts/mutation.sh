@@ -9,6 +9,11 @@
 # of the surviving mutants (inspect one with `mutmut show NAME` in the scratch copy, kept
 # when KEEP=1). Exits 1 when a module listed in ZERO_SURVIVORS (default: netguard) has a
 # survivor that scripts/mutation-accepted.txt does not explain.
+#
+#   MUTANTS='tis_ray.scorer.x_cosine_rows* ...' scripts/mutation.sh scorer
+#
+# runs only the mutants whose names match (fnmatch patterns, as `mutmut run` takes them): for a
+# module whose tests load a model, its pure functions alone (the others count as not run).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +36,7 @@ tests_for() {  # the unit tests that pin each module down (no Ray, no model down
     hosts) echo "tests/test_hosts.py" ;;
     decode) echo "tests/test_decode.py" ;;
     preprocess) echo "tests/test_preprocess.py" ;;
-    scorer) echo "tests/test_scoring.py tests/test_scorer.py" ;;
+    scorer) echo "tests/test_scoring.py tests/test_scorer.py tests/test_families.py tests/test_score_stage.py" ;;
     *) echo "unknown module $1" >&2; return 2 ;;
   esac
 }
@@ -64,7 +69,8 @@ PY
     echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]'
     echo 'also_copy = ["tests", "examples", "scripts"]'
   } >> "$scratch/pyproject.toml"
-  (cd "$scratch" && "$python" -m mutmut run > mutmut-run.log 2>&1) || true
+  # shellcheck disable=SC2086  # MUTANTS is a list of patterns, split on purpose
+  (cd "$scratch" && "$python" -m mutmut run ${MUTANTS:-} > mutmut-run.log 2>&1) || true
   (cd "$scratch" && "$python" -m mutmut export-cicd-stats > /dev/null 2>&1) || true
   stats="$scratch/mutants/mutmut-cicd-stats.json"
   if [ ! -f "$stats" ]; then
