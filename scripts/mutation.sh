@@ -12,8 +12,9 @@
 #
 #   MUTANTS='tis_ray.scorer.x_cosine_rows* ...' scripts/mutation.sh scorer
 #
-# runs only the mutants whose names match (fnmatch patterns, as `mutmut run` takes them): for a
-# module whose tests load a model, its pure functions alone (the others count as not run).
+# runs only the mutants whose names match (fnmatch patterns, as `mutmut run` takes them), and
+# TESTS='tests/test_x.py ...' replaces the module's test list: for a module whose tests load a
+# model, its pure functions against their own unit tests (the other mutants count as not run).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,7 +47,7 @@ deselect='not batch_job and not peak_memory'
 
 status=0
 for module in "${modules[@]}"; do
-  tests=$(tests_for "$module")
+  tests=${TESTS:-$(tests_for "$module")}
   scratch=$(mktemp -d "${TMPDIR:-/tmp}/tis-mutation-$module.XXXX")
   (cd "$repo" && git ls-files -co --exclude-standard -z | grep -zv '^\.venv/' | xargs -0 cp --parents -t "$scratch")
   # Property tests: the same examples for every mutant, and no deadline (a loaded machine
