@@ -28,11 +28,7 @@ require("pyspark", "spark", "tis_ray.spark")
 from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType  # noqa: E402
 
-from .columns import (  # noqa: E402
-    RUNTIME,
-    TRUNCATED,
-    ResultColumns,  # noqa: E402
-)
+from .columns import RUNTIME, TRUNCATED, ResultColumns  # noqa: E402
 from .config import (  # noqa: E402
     DEFAULT_MODEL,
     Device,

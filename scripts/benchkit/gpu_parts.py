@@ -23,6 +23,7 @@ from tis_ray.config import ModelConfig
 from tis_ray.scorer import DualEncoderScorer, cosine_rows, make_scorer
 
 from .model_only import prepared_images
+from .timing import TimedTokenizer, Timers, synchronize
 
 
 @dataclass(frozen=True)
@@ -42,24 +43,6 @@ class ModelTimes:
         return self.pairs / (self.image_seconds + self.tokenise_seconds + self.text_seconds)
 
 
-class TimedTokenizer:
-    """The scorer's tokenizer, adding up the seconds spent in its calls."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.seconds = 0.0
-
-    def __call__(self, *args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return self.tokenizer(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - started
-
-    def __getattr__(self, name: str):
-        return getattr(self.tokenizer, name)
-
-
 def set_tf32(enabled: bool) -> None:
     """TF32 off makes float32 the real float32 reference (Ampere and later use TF32 for float32
     convolutions by default, and for matmuls where a library turned it on)."""
@@ -76,14 +59,14 @@ def measure_dtype(workload, model: str, device: str, dtype: str, batch_sizes: tu
     """Every batch size for one dtype, one model load: the times, and each batch size's cosines
     (pair i: prepared image i mod N, caption i mod M), for the drift between dtypes."""
     scorer = make_scorer(ModelConfig(model=model, device=device, dtype=dtype))
-    tokenizer = TimedTokenizer(scorer.tokenizer)
-    scorer.tokenizer = tokenizer
+    timers = Timers()
+    scorer.tokenizer = TimedTokenizer(scorer.tokenizer, timers)
     images = prepared_images(workload, scorer.preprocess)
     captions = [workload.captions[i % len(workload.captions)] for i in range(pairs)]
     rows, cosines = [], {}
     try:
         for batch_size in batch_sizes:
-            times, cosines[batch_size] = _measure(scorer, tokenizer, images, captions, batch_size)
+            times, cosines[batch_size] = _measure(scorer, timers, images, captions, batch_size)
             rows.append(times)
     finally:
         del scorer
@@ -93,11 +76,12 @@ def measure_dtype(workload, model: str, device: str, dtype: str, batch_sizes: tu
     return rows, cosines
 
 
-def _measure(scorer: DualEncoderScorer, tokenizer: TimedTokenizer, images: np.ndarray, captions: list[str],
+def _measure(scorer: DualEncoderScorer, timers: Timers, images: np.ndarray, captions: list[str],
              batch_size: int) -> tuple[ModelTimes, np.ndarray]:
+    """`timers` holds the seconds of the scorer's (wrapped) tokenizer under ``"tokenize"``."""
     cuda = scorer.device == "cuda"
     if cuda:
-        torch.cuda.synchronize()
+        synchronize(scorer.device)
         torch.cuda.reset_peak_memory_stats()
     warm_up = captions[:batch_size]
     scorer.embed_images(images[np.arange(len(warm_up)) % len(images)])
@@ -107,16 +91,16 @@ def _measure(scorer: DualEncoderScorer, tokenizer: TimedTokenizer, images: np.nd
     for start in range(0, len(captions), batch_size):
         batch = captions[start : start + batch_size]
         pixels = images[np.arange(start, start + len(batch)) % len(images)]
-        _synchronize(cuda)
+        synchronize(scorer.device)
         clock = time.perf_counter()
         image_embeddings = scorer.embed_images(pixels)
-        _synchronize(cuda)
+        synchronize(scorer.device)
         middle = time.perf_counter()
-        tokenised_before = tokenizer.seconds
+        tokenised_before = timers.seconds.get("tokenize", 0.0)
         text_embeddings, _ = scorer.embed_texts(batch)
-        _synchronize(cuda)
+        synchronize(scorer.device)
         text_and_tokenise = time.perf_counter() - middle
-        tokenise = tokenizer.seconds - tokenised_before
+        tokenise = timers.seconds.get("tokenize", 0.0) - tokenised_before
         image_s += middle - clock
         tokenise_s += tokenise
         text_s += text_and_tokenise - tokenise
@@ -124,11 +108,6 @@ def _measure(scorer: DualEncoderScorer, tokenizer: TimedTokenizer, images: np.nd
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     times = ModelTimes(scorer.dtype_name, batch_size, len(captions), image_s, tokenise_s, text_s, peak)
     return times, np.concatenate(cosines)
-
-
-def _synchronize(cuda: bool) -> None:
-    if cuda:
-        torch.cuda.synchronize()
 
 
 def max_similarity_drift(cosine: np.ndarray, reference: np.ndarray) -> float:

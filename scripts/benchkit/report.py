@@ -6,6 +6,7 @@ section under `HEADING` is replaced, so every figure in it comes from one run.
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -131,10 +132,8 @@ def models_table(results: dict) -> str:
     def median_of(name: str, variant: str, key=rate) -> float:
         return statistics.median(key(r) for r in by_variant[(name, variant)])
 
-    def label(variant: str) -> str:
-        for role, name in names.items():
-            variant = variant.replace(role, f"`{name}`")
-        return variant
+    def label(variant: str) -> str:  # one pass, so a model named like a role is not replaced twice
+        return re.sub(r"\b(first|second)\b", lambda role: f"`{names[role.group(1)]}`", variant)
 
     rows = []
     for (name, variant), runs in by_variant.items():
@@ -287,11 +286,7 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def _plot_latency(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     m = medians(results)
     latencies = results["settings"]["latency_ms"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -302,17 +297,11 @@ def _plot_latency(results: dict, path: Path) -> None:
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_sweep(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     first = results["settings"]["latency_ms"][0]
     points = _sweep_points(results)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -326,17 +315,11 @@ def _plot_sweep(results: dict, path: Path) -> None:
     memory.set_ylabel("peak memory, driver + Ray (MB)")
     memory.set_ylim(bottom=0)
     fig.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_serve(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     levels = results["serve"]["levels"]
     fig, (rates, latency) = plt.subplots(1, 2, figsize=(9, 3.5))
     for mode in dict.fromkeys(level["mode"] for level in levels):
@@ -352,6 +335,20 @@ def _plot_serve(results: dict, path: Path) -> None:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (no display on a build machine)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

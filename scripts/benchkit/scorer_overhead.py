@@ -37,35 +37,12 @@ from tis_ray.prepare import bytes_to_pixels
 from tis_ray.score_stage import ScoreStage
 from tis_ray.scorer import DualEncoderScorer, normalize
 
+from .timing import TimedTokenizer, Timers, synchronize
 from .workload import WorkloadSpec, build
 
 CACHE = Path.home() / ".cache" / "tis-ray-bench"
 FETCH_ROWS = 32  # rows per fetch call (`PipelineConfig.fetch_batch_size`): a scorer batch is many of these
 WARM_ROWS = 16  # one small call down each path first: allocation and lazy set-up are not steady state
-
-
-class _Timers:
-    """Seconds spent inside each wrapped callable, by name, since the last `reset`."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def reset(self) -> None:
-        self.seconds.clear()
-        self.counts.clear()
-
-    def wrap(self, name: str, call: Callable) -> Callable:
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return call(*args, **kwargs)
-            finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-        return timed
-
-    def ms(self, name: str) -> float:
-        return 1000 * self.seconds.get(name, 0.0)
 
 
 def _counting_text_positions(call: Callable, counts: dict[str, int]) -> Callable:
@@ -77,29 +54,15 @@ def _counting_text_positions(call: Callable, counts: dict[str, int]) -> Callable
     return counted
 
 
-class _TimedTokenizer:
-    """The scorer's tokenizer with its calls timed; everything else passes through."""
-
-    def __init__(self, tokenizer, timers: _Timers):
-        self._tokenizer = tokenizer
-        self._call = timers.wrap("tokenize", tokenizer.__call__)
-
-    def __call__(self, *args, **kwargs):
-        return self._call(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._tokenizer, name)
-
-
 @contextmanager
-def _timed_internals(scorer: DualEncoderScorer, timers: _Timers) -> Iterator[None]:
+def _timed_internals(scorer: DualEncoderScorer, timers: Timers) -> Iterator[None]:
     """Time the scorer's model calls, tokenizer calls, pixel normalisation and blake2b row hashing
     while inside (each is looked up at call time: a method, an attribute, module globals)."""
     model, tokenizer, blake2b, pixel_normalize = scorer.model, scorer.tokenizer, hashlib.blake2b, normalize
     model.get_image_features = timers.wrap("image_model", model.get_image_features)
     model.get_text_features = timers.wrap("text_model", _counting_text_positions(model.get_text_features,
                                                                                  timers.counts))
-    scorer.tokenizer = _TimedTokenizer(tokenizer, timers)
+    scorer.tokenizer = TimedTokenizer(tokenizer, timers)
     hashlib.blake2b = timers.wrap("hash", blake2b)  # type: ignore[misc]
     scorer_module.normalize = timers.wrap("normalize", pixel_normalize)  # type: ignore[assignment]
     try:
@@ -160,23 +123,19 @@ def measure(model: str, device: str = "cpu", dtype: str = "float32", batch_size:
     text_inputs = {name: tokens[name] for name in ("input_ids", "attention_mask") if name in tokens}
     real_tokens = tokens["attention_mask"].sum().item() if "attention_mask" in tokens else None
 
-    def synchronize() -> None:
-        if scorer.device == "cuda":
-            torch.cuda.synchronize()
-
     def bare(rows: slice) -> tuple[float, float]:
         with torch.inference_mode():
-            synchronize()
+            synchronize(scorer.device)
             started = time.perf_counter()
             scorer.model.get_image_features(pixel_values=pixel_values[rows])
-            synchronize()
+            synchronize(scorer.device)
             middle = time.perf_counter()
             scorer.model.get_text_features(**{name: value[rows] for name, value in text_inputs.items()})
-            synchronize()
+            synchronize(scorer.device)
             return 1000 * (middle - started), 1000 * (time.perf_counter() - middle)
 
-    timers = _Timers()
-    score_timers = _Timers()
+    timers = Timers()
+    score_timers = Timers()
 
     def through_path(rows: int) -> float:
         timers.reset()
@@ -190,7 +149,7 @@ def measure(model: str, device: str = "cpu", dtype: str = "float32", batch_size:
                     stage(batch.slice(0, rows))
                 else:
                     scorer.score(pixels[:rows], captions[:rows])
-                synchronize()
+                synchronize(scorer.device)
                 return 1000 * (time.perf_counter() - started)
         finally:
             del scorer.score  # the class's method again
