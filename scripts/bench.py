@@ -1,8 +1,10 @@
 """Side-by-side benchmark: model only (a), the challenge baseline (b) and tis-ray (c).
 
-Also (d), fetch + decode alone, whose CPU cost per image the capacity plan uses, and
-(c) again with another input kind: the same images as WebDataset shards, where
-decoding is the only CPU cost left before the model.
+Also (d), fetch + decode alone, whose CPU cost per image the capacity plan uses; (e),
+the real pipeline with a score stage that does no model work (the feed rate, per CPU);
+the bundled demo (examples/pairs.csv, 10 rows: start-up alone); (c) again with another
+input kind: the same images as WebDataset shards, where decoding is the only CPU cost
+left before the model; and (c) at 2,000 to 50,000 pairs for its memory.
 
 One command, one run, the same generated workload for every contender:
 
@@ -37,7 +39,13 @@ from benchkit.memory import TreeMemorySampler
 from benchkit.workload import Workload, WorkloadSpec, build
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = ("model_only", "fetch_decode", "baseline", "tis_ray")
+CONTENDERS = ("model_only", "demo", "fetch_decode", "feed", "baseline", "tis_ray")
+# Contenders without network, measured once per round (at the first latency) and shown at every one.
+NO_NETWORK = ("model_only", "demo")
+DEMO = REPO / "examples" / "pairs.csv"
+# The memory sweep's URLs repeat this many distinct images, already made for the main workload:
+# 50,000 distinct camera JPEGs would take ~1 h to make here (0.14 s of a core each).
+SWEEP_DISTINCT_IMAGES = 2000
 SUITES = ("main", "models", "inputs", "serve")
 ARCHS = ("tiny", "vit-b-32", "siglip", "siglip-tiny")
 
@@ -49,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     cache = Path(args.cache_dir)
     model = args.model or build_model(args.arch, cache)
-    sizes = sorted({args.pairs, *args.sweep}) if args.suite == "main" else [args.pairs]
-    workload = build(WorkloadSpec(pairs=max(sizes), repeat_share=args.repeat_share), cache)
+    workload = build(WorkloadSpec(pairs=args.pairs, repeat_share=args.repeat_share), cache)
     results: dict = {"machine": machine(), "settings": settings(args, model), "runs": [], "sweep": [], "levers": [],
                      "input_kinds": [], "models": []}
     with tempfile.TemporaryDirectory(prefix="tis-bench-") as tmp:
         work = Path(tmp)
         if args.suite == "main":
-            run_main_suite(args, model, workload, sizes, work, results)
+            run_main_suite(args, model, workload, work, results)
+            run_sweep(args, build_model(args.sweep_arch, cache), cache, work, results)
         elif args.suite == "models":
             run_models_suite(args, model, build_model(args.second_arch, cache), workload, work, results)
         elif args.suite == "serve":
@@ -64,36 +72,47 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_inputs_suite(args, model, workload, work, results)
     results["seconds"] = time.time() - started
-    report.write(results, Path(args.out), Path(args.plots))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(without_bulk(results), indent=1))
+    Path(args.json).write_text(json.dumps(without_bulk(results), indent=1))  # first: a report bug loses no run
+    report.write(results, Path(args.out), Path(args.plots))
     print(report.printed_tables(results))
     print(f"wrote {args.json}, {args.out}" + (f", plots in {args.plots}" if args.suite == "main" else ""))
     return 0
 
 
-def run_main_suite(args, model: str, workload: Workload, sizes: list[int], work: Path, results: dict) -> None:
-    """(a), (b), (c), (d) at each latency; (c) as N grows and with each lever off; (c) from shards; accuracy."""
+def run_main_suite(args, model: str, workload: Workload, work: Path, results: dict) -> None:
+    """(a)-(e) and the demo at each latency; (c) with each lever off; (c) from shards; accuracy."""
     for latency in args.latency_ms:
         with image_server(workload, latency) as base_url:
-            csv = prefix(workload, args.pairs).csv_for(base_url, work / f"pairs-{args.pairs}-{latency}ms.csv")
+            csv = workload.csv_for(base_url, work / f"pairs-{args.pairs}-{latency}ms.csv")
             for round_ in range(args.runs):
                 for name in CONTENDERS:
-                    if name == "model_only" and latency != args.latency_ms[0]:
-                        continue  # no network in (a): measured once per round
-                    result = contender(name, args, model, workload, args.pairs, csv, work)
+                    if name in NO_NETWORK and latency != args.latency_ms[0]:
+                        continue
+                    pairs, rows = (10, DEMO) if name == "demo" else (args.pairs, csv)
+                    result = contender(name, args, model, workload, pairs, rows, work)
                     results["runs"].append({"latency_ms": latency, "round": round_, **result})
             if latency == args.latency_ms[0]:
-                for pairs in sizes:
-                    if pairs != args.pairs:
-                        sweep_csv = prefix(workload, pairs).csv_for(base_url, work / f"pairs-{pairs}.csv")
-                        result = contender("tis_ray", args, model, workload, pairs, sweep_csv, work)
-                        results["sweep"].append({"latency_ms": latency, **result})
                 for name, label, overrides in lever_variants(args):
                     result = contender(name, args, model, workload, args.pairs, csv, work, **overrides)
                     results["levers"].append({"lever": label, "latency_ms": latency, **result})
     run_shards(args, model, workload, work, results)
     results["accuracy"] = contender("accuracy", args, model, workload, args.pairs, None, work)["rows"]
+
+
+def run_sweep(args, model: str, cache: Path, work: Path, results: dict) -> None:
+    """(c) with the sweep's model at each size, one after another, for peak memory against N.
+
+    Every row is fetched, decoded and scored as in the main run; the URLs repeat
+    `SWEEP_DISTINCT_IMAGES` images, so a rare pair of rows in one batch shares an image."""
+    sizes = sorted({args.pairs, *args.sweep})
+    distinct = results["settings"]["sweep_distinct_images"] = min(SWEEP_DISTINCT_IMAGES, args.pairs)
+    workload = build(WorkloadSpec(pairs=sizes[-1], repeat_share=1 - distinct / sizes[-1]), cache)
+    with image_server(workload, args.latency_ms[0]) as base_url:
+        for pairs in sizes:
+            csv = prefix(workload, pairs).csv_for(base_url, work / f"sweep-{pairs}.csv")
+            result = contender("tis_ray", args, model, workload, pairs, csv, work)
+            results["sweep"].append({"latency_ms": args.latency_ms[0], "arch": args.sweep_arch, **result})
 
 
 def run_shards(args, model: str, workload: Workload, work: Path, results: dict) -> None:
@@ -171,8 +190,10 @@ def parse_args(argv):
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=positive_int, default=2000, help="pairs in the main comparison")
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 100], help="server latency per request")
-    parser.add_argument("--sweep", type=positive_int, nargs="*", default=[10000],
-                        help="more sizes for tis-ray alone (memory vs N)")
+    parser.add_argument("--sweep", type=positive_int, nargs="*", default=[10000, 50000],
+                        help="more sizes for tis-ray alone, besides --pairs (memory vs N)")
+    parser.add_argument("--sweep-arch", default="tiny", choices=ARCHS,
+                        help="the model of the memory sweep (tiny: 50,000 pairs of ViT-B/32 would take ~25 min here)")
     parser.add_argument("--repeat-share", type=float, default=0.0, help="share of rows repeating an earlier URL")
     parser.add_argument("--runs", type=positive_int, default=3,
                         help="rounds of the main comparison (medians are quoted)")
@@ -199,6 +220,7 @@ def parse_args(argv):
     args.json = args.json or str(REPO / "docs" / report.json_name(args.suite))
     if args.quick:
         args.arch, args.pairs, args.latency_ms, args.sweep, args.runs = "tiny", 48, [0, 20], [96], 1
+        args.sweep_arch = "tiny"
         args.second_arch = "siglip-tiny"
         args.accuracy_pairs = 16
     return args
@@ -245,10 +267,11 @@ def run_contender(job: dict) -> int:
         from benchkit import baseline
         urls, captions = read_csv(Path(job["csv"]))
         result = baseline.run(urls, captions, job["model"])
-    elif job["name"] == "tis_ray":
+    elif job["name"] in ("tis_ray", "feed", "demo"):
         from benchkit import pipeline_run
         result = pipeline_run.run(job.get("input") or job["csv"], Path(job["work"]), job["model"], job["dtype"],
-                                  job["batch_size"], job["reduced_decode"], job.get("with_embeddings", False))
+                                  job["batch_size"], job["reduced_decode"], job.get("with_embeddings", False),
+                                  feed_only=job["name"] == "feed")
     else:
         from benchkit import accuracy
         result = {"rows": accuracy.run(workload, job["model"], job["accuracy_pairs"])}
@@ -317,6 +340,7 @@ def settings(args, model: str) -> dict:
     return {"suite": args.suite, "second_arch": args.second_arch if args.suite == "models" else None,
             "pairs": args.pairs, "latency_ms": args.latency_ms, "sweep": args.sweep, "runs": args.runs,
             "repeat_share": args.repeat_share, "arch": args.arch if not args.model else None, "model": model,
+            "sweep_arch": args.sweep_arch if args.suite == "main" else None,
             "dtype": args.dtype, "batch_size": args.batch_size, "quick": args.quick}
 
 

@@ -35,13 +35,19 @@ def test_bench_quick_measures_every_contender_and_writes_the_report(tmp_path):
     report = json.loads(results.read_text())
     pairs = report["settings"]["pairs"]
     seen = {(r["name"], r["latency_ms"]) for r in report["runs"]}
-    assert seen == {("model_only", 0), ("fetch_decode", 0), ("baseline", 0), ("tis_ray", 0),
-                    ("fetch_decode", 20), ("baseline", 20), ("tis_ray", 20)}
+    assert seen == {("model_only", 0), ("demo", 0), ("fetch_decode", 0), ("feed", 0), ("baseline", 0), ("tis_ray", 0),
+                    ("fetch_decode", 20), ("feed", 20), ("baseline", 20), ("tis_ray", 20)}
     for result in report["runs"] + report["sweep"] + report["levers"]:
         assert result["seconds"] > 0 and result["memory"]["total_mb"]
-        if result["name"] != "model_only":
+        if result["name"] == "demo":  # examples/pairs.csv: three rows there must fail, each its own way
+            assert (result["pairs"], result["scored"], sum(result["errors"].values())) == (10, 7, 3)
+        elif result["name"] != "model_only":
             assert result["scored"] == result["pairs"]
-    assert [r["pairs"] for r in report["sweep"]] == [96]
+    assert [r["pairs"] for r in report["sweep"]] == [48, 96]
+    # (e) and every tis-ray job say how much CPU their processes used once running
+    for result in report["runs"]:
+        if result["name"] in ("feed", "tis_ray"):
+            assert 0 < result["steady_cpu_seconds"] < result["cpu_seconds"]
     assert {(r["name"], r["lever"]) for r in report["levers"]} == {
         ("tis_ray", "float32 instead of the fast dtype"), ("tis_ray", "whole-image decode"),
         ("fetch_decode", "whole-image decode")}
@@ -62,6 +68,7 @@ def test_bench_quick_measures_every_contender_and_writes_the_report(tmp_path):
     assert text.startswith("# Benchmarks\n\nHand-written notes stay.") and text.endswith("## Notes\n\nEnd.\n")
     assert "old" not in text and "| 0 ms | " in text and "| 20 ms | " in text
     assert "| WebDataset shards (.tar) | " in text and "| URLs on 127.0.0.1 (0 ms) | " in text
+    assert "| demo, 10 rows (local files) | " in text and "Peak memory at 96 pairs against 48: " in text
     for name in ("throughput-vs-latency.png", "throughput-memory-vs-pairs.png"):
         with Image.open(plots / name) as image:
             assert image.format == "PNG" and image.width > 300

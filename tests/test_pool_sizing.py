@@ -184,8 +184,8 @@ def test_the_object_store_budget_follows_the_scorers():
     assert gpu.buffer_bytes == 4 * 2**30  # 1 GiB per GPU scorer
 
 
-# A block is ~128 rows of ~128 bytes (16 KiB of CSV); at least 8 blocks, at most 4096.
-@pytest.mark.parametrize(("size", "blocks"), [(0, 8), (100, 8), (20 * 16_384, 20), (20 * 16_384 + 128, 21),
+# A block is ~64 rows of ~128 bytes (8 KiB of CSV); at least 8 blocks, at most 4096.
+@pytest.mark.parametrize(("size", "blocks"), [(0, 8), (100, 8), (20 * 8_192, 20), (20 * 8_192 + 128, 21),
                                               (10**12, 4096)])
 def test_an_input_file_is_read_into_blocks_of_about_rows_per_block(size, blocks):
     assert input_blocks(size) == blocks

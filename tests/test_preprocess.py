@@ -213,15 +213,18 @@ def test_spec_for_processor_without_normalisation_is_the_identity():
     assert spec.image_mean == (0.0, 0.0, 0.0) and spec.image_std == (1.0, 1.0, 1.0)
 
 
-def test_min_decode_side_leaves_room_above_the_resize():
-    assert min_decode_side(PreprocessSpec(shortest_edge=224)) == 448
-    assert min_decode_side(PreprocessSpec(shortest_edge=None, resize_to=(336, 300))) == 672
+def test_min_decode_side_is_the_resize_target():
+    assert min_decode_side(PreprocessSpec(shortest_edge=224)) == 224
+    assert min_decode_side(PreprocessSpec(shortest_edge=None, resize_to=(336, 300))) == 336
     assert min_decode_side(PreprocessSpec(shortest_edge=None, crop_size=(224, 224))) is None
 
 
-@pytest.mark.parametrize("size", [(2048, 1536), (1536, 2048), (1411, 1411), (4000, 900)])
+@pytest.mark.parametrize("size", [(2048, 1536), (1536, 2048), (1411, 1411), (4000, 900), (500, 500)])
 def test_reduced_decode_gives_nearly_the_pixels_of_a_full_decode(processor, photos, size):
-    """The model input from a 1/2..1/8-scale JPEG decode against the full decode of the same file."""
+    """The model input from a 1/2..1/8-scale JPEG decode against the full decode of the same file.
+
+    Measured with the decode kept at the model's input size: a mean difference of 0.30-0.69
+    (of 255) on these sizes, at twice it 0.14-0.46."""
     spec = PreprocessSpec.from_image_processor(processor)
     with Image.open(photos["retina"]) as photo:
         buffer = io.BytesIO()
@@ -230,5 +233,5 @@ def test_reduced_decode_gives_nearly_the_pixels_of_a_full_decode(processor, phot
     reduced = bytes_to_pixels(buffer.getvalue(), spec, 10**9, reduced_decode=True).astype(np.int16)
     assert full.shape == reduced.shape == (*spec.output_size, 3)
     difference = np.abs(full - reduced)
-    assert difference.mean() < 0.5
+    assert difference.mean() < 1.0
     assert (difference > 8).mean() < 0.01  # a few pixels on sharp edges (the retina's rim) differ visibly

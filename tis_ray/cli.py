@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="retries after connection errors, 429 and 5xx")
     score.add_argument("--full-decode", action="store_true",
                        help="decode large JPEGs at full size too (by default they decode at 1/2 to 1/8 scale, "
-                            "still at least twice the model's input size)")
+                            "never below the model's input size)")
     score.add_argument("--fetch-actors", type=_positive_int, help="fetch actors (default: from the cluster's CPUs)")
     score.add_argument("--scorer-actors", type=_positive_int,
                        help="scorer actors (default on GPUs: one per 500,000 input rows, up to the GPUs the "

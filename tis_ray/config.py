@@ -70,7 +70,7 @@ class FetchConfig:
     max_bytes: int = result_setting(20 * 1024 * 1024)  # byte cap per image, checked while streaming
     max_redirects: int = result_setting(5)
     max_pixels: int = result_setting(89_478_485)  # Pillow's own decompression-bomb threshold
-    reduced_decode: bool = result_setting(True)  # decode large JPEGs at 1/2..1/8 scale, still 2x the model's input
+    reduced_decode: bool = result_setting(True)  # decode large JPEGs at 1/2..1/8 scale, not below the model's input
     user_agent: str = shape_setting(DEFAULT_USER_AGENT)
     honor_opt_out: bool = result_setting(True)  # X-Robots-Tag noai and kin make a row `opted_out` (see optout.py)
 
