@@ -32,7 +32,7 @@ def two_specs(tiny_model, siglip_model) -> tuple[PreprocessSpec, PreprocessSpec]
 
 
 def large_jpeg(photos, size: tuple[int, int]) -> bytes:
-    """A JPEG large enough that a reduced decode applies (both sides at least 4x the model's)."""
+    """A JPEG large enough that a reduced decode applies (both sides at least 2x the model's)."""
     with Image.open(photos["retina"]) as photo:
         buffer = io.BytesIO()
         photo.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
