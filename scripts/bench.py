@@ -40,8 +40,6 @@ from benchkit.workload import Workload, WorkloadSpec, build
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = ("model_only", "demo", "fetch_decode", "feed", "baseline", "tis_ray")
-# Contenders without network, measured once per round (at the first latency) and shown at every one.
-NO_NETWORK = ("model_only", "demo")
 DEMO = REPO / "examples" / "pairs.csv"
 # The memory sweep's URLs repeat this many distinct images, already made for the main workload:
 # 50,000 distinct camera JPEGs would take ~1 h to make here (0.14 s of a core each).
@@ -87,7 +85,7 @@ def run_main_suite(args, model: str, workload: Workload, work: Path, results: di
             csv = workload.csv_for(base_url, work / f"pairs-{args.pairs}-{latency}ms.csv")
             for round_ in range(args.runs):
                 for name in CONTENDERS:
-                    if name in NO_NETWORK and latency != args.latency_ms[0]:
+                    if name in report.NO_NETWORK and latency != args.latency_ms[0]:
                         continue
                     pairs, rows = (10, DEMO) if name == "demo" else (args.pairs, csv)
                     result = contender(name, args, model, workload, pairs, rows, work)

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, CLIPModel, CLIPProcessor
 
+from tis_ray.preprocess import PreprocessSpec, min_decode_side
+
 
 @lru_cache(maxsize=4)
 def _load(model_dir: str):
@@ -41,17 +43,22 @@ def reference_similarities(model_dir: str, images, captions) -> list[float]:
 
 # How far tis-ray's default similarity may sit from this reference. Images decoded whole
 # go through exactly the processor's preprocessing: only float rounding differs. A JPEG
-# whose sides are both at least 2x the model's 224 is decoded at reduced size by default
-# (1/2 scale or less, never below the model's input: `preprocess.min_decode_side`), and its
-# documented bound is 2e-3 (docs/benchmarks.md).
+# whose sides both reach twice the smallest side a reduced decode may leave
+# (`preprocess.min_decode_side`: the model's 224) is decoded at 1/2 scale or less by
+# default, and its documented bound is 2e-3 (docs/benchmarks.md).
 EXACT_TOLERANCE = 1e-4
 REDUCED_DECODE_TOLERANCE = 2e-3
 
 
-def tolerance(image: Path) -> float:
+def decoded_reduced(image: Path) -> bool:
+    """Whether tis-ray's default decode of `image` is a reduced-size one (libjpeg's 1/2 is the
+    first step below whole, taken once both sides are at least twice the allowed side)."""
     with Image.open(image) as opened:
-        reduced = opened.format == "JPEG" and min(opened.size) >= 2 * 224
-    return REDUCED_DECODE_TOLERANCE if reduced else EXACT_TOLERANCE
+        return opened.format == "JPEG" and min(opened.size) >= 2 * min_decode_side(PreprocessSpec())
+
+
+def tolerance(image: Path) -> float:
+    return REDUCED_DECODE_TOLERANCE if decoded_reduced(image) else EXACT_TOLERANCE
 
 
 # What each family's model card passes to the processor for text.

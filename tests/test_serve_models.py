@@ -17,7 +17,7 @@ import torch
 from conftest import free_port
 from PIL import Image
 from reference import (
-    EXACT_TOLERANCE,
+    decoded_reduced,
     library,
     library_cosines,
     library_outputs,
@@ -40,11 +40,10 @@ def probability_bound(model_dir: str, image) -> float:
     """The issue's 1e-4 for an image decoded whole; for one decoded at reduced size, where the
     similarity may move by `tolerance` (2e-3), what that moves the probability by at most: the
     sigmoid's slope (at most 1/4) times the pair head's scale times the cosine's move (2x)."""
-    bound = tolerance(image)
-    if bound == EXACT_TOLERANCE:
+    if not decoded_reduced(image):
         return PROBABILITY_TOLERANCE
     scale = float(library(model_dir)[0].logit_scale.exp())
-    return 0.25 * scale * 2 * bound
+    return 0.25 * scale * 2 * tolerance(image)
 
 
 @pytest.fixture(scope="module")

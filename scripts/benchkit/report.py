@@ -20,7 +20,8 @@ MEMORY = "peak memory: driver / Ray / total (MB)"
 LABELS = {"model_only": "(a) model only", "baseline": "(b) baseline (challenge approach)", "tis_ray": "(c) tis-ray",
           "fetch_decode": "(d) fetch + decode only", "feed": "(e) pipeline without model work",
           "demo": "demo (examples/pairs.csv)"}
-NO_NETWORK = ("model_only", "demo")  # measured at the first latency only, the same at every one
+# Contenders without network: measured once per round, at the first latency, and shown at every one.
+NO_NETWORK = ("model_only", "demo")
 
 
 def json_name(suite: str) -> str:
@@ -122,7 +123,7 @@ def runs_table(results: dict) -> str:
 
 def sweep_table(results: dict) -> str:
     points = _sweep_points(results)
-    rows = [[str(run["pairs"]), f"`{run.get('arch', results['settings']['arch'])}`", f"{run['seconds']:.1f}",
+    rows = [[str(run["pairs"]), f"`{run['arch']}`", f"{run['seconds']:.1f}",
              f"{rate(run):.1f}", _memory(run["memory"])] for run in points]
     table = _table(["pairs", "model", "seconds", "pairs/s", MEMORY], rows)
     if len(points) < 2:
